@@ -1,0 +1,54 @@
+"""larq-nobn: binary neural networks without batch normalization, for larq and Keras.
+
+Implements the three tools of "BNN - BN = ?: Training Binary Neural Networks without
+Batch Normalization" (Chen et al., CVPR-W 2021, https://arxiv.org/abs/2104.08215):
+scaled weight standardization, adaptive gradient clipping and the alpha/beta residual
+scaling (the latter lives in the `zoo` models).
+"""
+
+import os
+import sys
+
+# larq needs Keras 2. Since TensorFlow 2.16 `tf.keras` means Keras 3 unless this is set
+# before TensorFlow resolves `tf.keras`; set it here so `import larq_nobn` just works.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def _check_keras_2() -> None:
+    if "tensorflow" not in sys.modules:
+        return
+    import tensorflow as tf
+    import tf_keras
+
+    if tf.keras.layers.Layer is not tf_keras.layers.Layer:
+        raise ImportError(
+            "larq_nobn needs Keras 2 (tf-keras), but TensorFlow was already imported with "
+            "Keras 3 behind `tf.keras`. Set the environment variable TF_USE_LEGACY_KERAS=1 "
+            "before TensorFlow is imported (for example `export TF_USE_LEGACY_KERAS=1`, or "
+            "`os.environ['TF_USE_LEGACY_KERAS'] = '1'` at the top of your script), or import "
+            "larq_nobn before tensorflow."
+        )
+
+
+_check_keras_2()
+
+from larq_nobn.constraints import WeightStandardization  # noqa: E402
+from larq_nobn.layers import LearnableBias, ScaledWSConv2D, ScaledWSQuantConv2D  # noqa: E402
+from larq_nobn.optimizers import AGC, AdaptiveGradientClipping  # noqa: E402
+from larq_nobn.quantizers import MagnitudeAwareSteSign  # noqa: E402
+from larq_nobn.unitwise import scaled_standardize, standardize, unitwise_norm  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AGC",
+    "AdaptiveGradientClipping",
+    "LearnableBias",
+    "MagnitudeAwareSteSign",
+    "ScaledWSConv2D",
+    "ScaledWSQuantConv2D",
+    "WeightStandardization",
+    "scaled_standardize",
+    "standardize",
+    "unitwise_norm",
+]

@@ -1,0 +1,211 @@
+"""Keras layers for batch-norm-free binary networks."""
+
+import contextlib
+import logging
+
+import larq as lq
+import tensorflow as tf
+from larq import utils as lq_utils
+
+from larq_nobn.unitwise import scaled_standardize
+
+
+@contextlib.contextmanager
+def _without_starved_weights_warning():
+    def drop(record: logging.LogRecord) -> bool:
+        return "starved weights" not in record.getMessage()
+
+    logger = logging.getLogger("larq.layers_base")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+class _StandardizedKernel:
+    """What a `ScaledWSQuantConv2D` reads from its kernel: `gain * Q(scaled_ws(W))`.
+
+    larq wraps the kernel in a `QuantizedVariable` that applies this on every read inside
+    the layer's call, so the layer keeps larq's machinery (`larq.context`, summaries,
+    latent weights for optimizers such as Bop). `precision` is the kernel quantizer's, so
+    `larq.models.summary` counts the weights as binary when they are.
+    """
+
+    def __init__(self, layer: "ScaledWSQuantConv2D"):
+        self.layer = layer
+        self.precision = getattr(layer.kernel_quantizer, "precision", None) or 32
+
+    def __call__(self, latent_kernel):
+        layer = self.layer
+        kernel = scaled_standardize(tf.convert_to_tensor(latent_kernel), layer.gamma, layer.eps)
+        if layer.kernel_quantizer is not None:
+            kernel = layer.kernel_quantizer(kernel)
+        return kernel * tf.cast(layer.gain, kernel.dtype)
+
+
+@lq_utils.register_keras_custom_object
+class ScaledWSQuantConv2D(lq.layers.QuantConv2D):
+    """A larq `QuantConv2D` whose latent kernel is scaled-weight-standardized.
+
+    For a latent kernel W of shape (kh, kw, in, out) the convolution uses
+
+        W_hat = gamma * (W - mean(W)) / (std(W) + eps) / sqrt(kh * kw * in)
+        kernel = gain * kernel_quantizer(W_hat)
+
+    with the mean and population standard deviation taken per output channel and `gain` a
+    trainable per-output-channel weight, initialized to ones. The standardization is a
+    reparameterization: gradients flow through it to the latent kernel. Everything else
+    (`input_quantizer`, `kernel_quantizer`, `kernel_constraint`, `pad_values`, ...) is as in
+    `larq.layers.QuantConv2D`. With no kernel quantizer this is the reference's
+    `ScaledStdConv2d`; with `kernel_quantizer="magnitude_aware_ste_sign"` its
+    `HardBinaryScaledStdConv2d`.
+
+    ```python
+    x = ScaledWSQuantConv2D(
+        64, 3, padding="same", use_bias=False,
+        input_quantizer="approx_sign", kernel_quantizer="magnitude_aware_ste_sign",
+    )(x)
+    ```
+
+    Args:
+        filters: number of output channels.
+        kernel_size: an integer or a pair of integers.
+        gamma: the gain of the nonlinearity that follows (1.0 in the paper).
+        eps: added to the per-channel standard deviation.
+        gain_initializer: initializer of the per-channel gain.
+        **kwargs: every argument of `larq.layers.QuantConv2D`.
+
+    Returns:
+        A Keras layer.
+
+    References:
+        - [BNN - BN = ?](https://arxiv.org/abs/2104.08215)
+        - [Characterizing signal propagation to close the performance gap in
+          unnormalized ResNets](https://arxiv.org/abs/2101.08692)
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size,
+        *args,
+        gamma: float = 1.0,
+        eps: float = 1e-5,
+        gain_initializer="ones",
+        **kwargs,
+    ):
+        if eps < 0:
+            raise ValueError(f"`eps` must be >= 0, got {eps}.")
+        self.gamma = float(gamma)
+        self.eps = float(eps)
+        self.gain_initializer = tf.keras.initializers.get(gain_initializer)
+        # larq warns that binary kernels without a `kernel_constraint` may starve. Not so
+        # here: the quantizer sees the standardized kernel, |W_hat| ~ 1/sqrt(fan_in) << 1.
+        with _without_starved_weights_warning():
+            super().__init__(filters, kernel_size, *args, **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError("ScaledWSQuantConv2D supports data_format='channels_last' only.")
+        if self.groups != 1:
+            raise ValueError("ScaledWSQuantConv2D does not support grouped convolutions.")
+
+    def _get_quantizer(self, name):
+        if name == "kernel":
+            return _StandardizedKernel(self)
+        return super()._get_quantizer(name)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.gain = self.add_weight(
+            name="gain",
+            shape=(self.filters,),
+            initializer=self.gain_initializer,
+            trainable=True,
+            dtype=self.dtype,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "gamma": self.gamma,
+            "eps": self.eps,
+            "gain_initializer": tf.keras.initializers.serialize(self.gain_initializer),
+        }
+
+
+@lq_utils.register_keras_custom_object
+class ScaledWSConv2D(ScaledWSQuantConv2D):
+    """Full-precision `Conv2D` with scaled weight standardization and a per-channel gain.
+
+    The reference's `ScaledStdConv2d`: a `ScaledWSQuantConv2D` without quantizers, with
+    `use_bias=False` by default (a standardized convolution is usually followed by a bias
+    or an activation shift of its own).
+
+    Args:
+        filters: number of output channels.
+        kernel_size: an integer or a pair of integers.
+        gamma: the gain of the nonlinearity that follows.
+        eps: added to the per-channel standard deviation.
+        **kwargs: every argument of `tf.keras.layers.Conv2D`.
+
+    References:
+        - [Characterizing signal propagation to close the performance gap in
+          unnormalized ResNets](https://arxiv.org/abs/2101.08692)
+    """
+
+    def __init__(self, filters: int, kernel_size, *args, use_bias: bool = False, **kwargs):
+        for name in ("input_quantizer", "kernel_quantizer"):
+            if kwargs.get(name) is not None:
+                raise ValueError(
+                    f"ScaledWSConv2D is full precision; use ScaledWSQuantConv2D for `{name}`."
+                )
+        super().__init__(filters, kernel_size, *args, use_bias=use_bias, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["input_quantizer"], config["kernel_quantizer"]
+        return config
+
+
+@lq_utils.register_keras_custom_object
+class LearnableBias(tf.keras.layers.Layer):
+    """A learnable per-channel shift, ReActNet's "move" layer: `outputs = inputs + bias`.
+
+    Args:
+        bias_initializer: initializer of the bias (zeros, as in ReActNet).
+        bias_regularizer: optional regularizer of the bias.
+
+    Returns:
+        A Keras layer with one weight of shape (channels,).
+
+    References:
+        - [ReActNet](https://arxiv.org/abs/2003.03488)
+    """
+
+    def __init__(self, bias_initializer="zeros", bias_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.bias_initializer = tf.keras.initializers.get(bias_initializer)
+        self.bias_regularizer = tf.keras.regularizers.get(bias_regularizer)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError("LearnableBias needs a known number of channels (last axis).")
+        self.bias = self.add_weight(
+            name="bias",
+            shape=(channels,),
+            initializer=self.bias_initializer,
+            regularizer=self.bias_regularizer,
+            trainable=True,
+        )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return inputs + tf.cast(self.bias, inputs.dtype)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "bias_initializer": tf.keras.initializers.serialize(self.bias_initializer),
+            "bias_regularizer": tf.keras.regularizers.serialize(self.bias_regularizer),
+        }

@@ -1,0 +1,73 @@
+"""Weight quantizers that match the paper's reference implementation."""
+
+import larq as lq
+import tensorflow as tf
+from larq import utils as lq_utils
+
+from larq_nobn.unitwise import fan_in_axes
+
+
+def magnitude_aware_ste_sign(x: tf.Tensor, clip_value: float = 1.0) -> tf.Tensor:
+    """`mean(|x|) * sign(x)` per output unit, with an unscaled straight-through gradient.
+
+    See `MagnitudeAwareSteSign` for the difference with larq's `magnitude_aware_sign`.
+    """
+
+    @tf.custom_gradient
+    def _call(x):
+        scale = tf.reduce_mean(tf.abs(x), axis=fan_in_axes(x.shape.rank), keepdims=True)
+
+        def grad(dy):
+            return tf.where(tf.abs(x) <= clip_value, dy, tf.zeros_like(dy))
+
+        return scale * lq.math.sign(x), grad
+
+    return _call(x)
+
+
+@lq_utils.register_alias("magnitude_aware_ste_sign")
+@lq_utils.register_keras_custom_object
+class MagnitudeAwareSteSign(lq.quantizers._BaseQuantizer):
+    r"""Magnitude-aware sign with a plain straight-through gradient.
+
+    Forward, per output unit (last axis of the kernel):
+    \\[ q(w) = \mathrm{mean}(|w|) \cdot \mathrm{sign}(w) \\]
+    Backward, the clipped identity, **not** multiplied by the scale:
+    \\[ \frac{\partial q}{\partial w} = 1_{|w| \leq \texttt{clip_value}} \\]
+
+    This is what the reference code of "BNN - BN = ?" (`HardBinaryConv`,
+    `HardBinaryScaledStdConv2d`) computes. larq's `magnitude_aware_sign` has the same
+    forward pass but multiplies the straight-through gradient by the per-unit scale
+    `mean(|w|)`. With adaptive gradient clipping, which compares gradient norms with weight
+    norms, that factor changes training, so the zoo uses this quantizer.
+
+    ```python
+    layer = larq_nobn.ScaledWSQuantConv2D(
+        64, 3, input_quantizer="approx_sign", kernel_quantizer="magnitude_aware_ste_sign"
+    )
+    ```
+
+    Args:
+        clip_value: the gradient is zero where `|w| > clip_value`.
+        metrics: larq quantizer metrics, e.g. `["flip_ratio"]`.
+
+    Returns:
+        The binarized, scaled kernel.
+
+    References:
+        - [BNN - BN = ?: Training Binary Neural Networks without Batch Normalization](
+          https://arxiv.org/abs/2104.08215)
+        - [ReActNet](https://arxiv.org/abs/2003.03488)
+    """
+
+    precision = 1
+
+    def __init__(self, clip_value: float = 1.0, **kwargs):
+        self.clip_value = clip_value
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        return super().call(magnitude_aware_ste_sign(inputs, self.clip_value))
+
+    def get_config(self):
+        return {**super().get_config(), "clip_value": self.clip_value}

@@ -148,7 +148,9 @@ class AdaptiveGradientClipping(
     def aggregate_gradients(self, grads_and_vars):
         return self._optimizer.aggregate_gradients(grads_and_vars)
 
-    def apply_gradients(self, grads_and_vars, name=None, skip_gradients_aggregation=False, **kwargs):
+    def apply_gradients(
+        self, grads_and_vars, name=None, skip_gradients_aggregation=False, **kwargs
+    ):
         grads_and_vars = list(grads_and_vars)
         if kwargs.pop("experimental_aggregate_gradients", True) and not skip_gradients_aggregation:
             grads_and_vars = self._optimizer.aggregate_gradients(grads_and_vars)

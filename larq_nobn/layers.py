@@ -11,7 +11,12 @@ from larq_nobn.unitwise import scaled_standardize
 
 
 @contextlib.contextmanager
-def _without_starved_weights_warning():
+def silence_starved_weights_warning():
+    """Drops larq's "starved weights" warning for binary kernels without a constraint.
+
+    The warning does not apply to scaled-WS layers (the quantizer sees a standardized
+    kernel) nor to models that, like the paper's reference, train without weight clipping.
+    """
     def drop(record: logging.LogRecord) -> bool:
         return "starved weights" not in record.getMessage()
 
@@ -102,7 +107,7 @@ class ScaledWSQuantConv2D(lq.layers.QuantConv2D):
         self.gain_initializer = tf.keras.initializers.get(gain_initializer)
         # larq warns that binary kernels without a `kernel_constraint` may starve. Not so
         # here: the quantizer sees the standardized kernel, |W_hat| ~ 1/sqrt(fan_in) << 1.
-        with _without_starved_weights_warning():
+        with silence_starved_weights_warning():
             super().__init__(filters, kernel_size, *args, **kwargs)
         if self.data_format != "channels_last":
             raise ValueError("ScaledWSQuantConv2D supports data_format='channels_last' only.")

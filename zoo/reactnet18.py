@@ -1,0 +1,133 @@
+"""ReActNet-18 (Bi-Real-Net / ResNet-18-shaped), with batch norm, BN-free, or BN removed."""
+
+import dataclasses
+
+import tensorflow as tf
+
+from zoo import blocks
+
+STAGE_CHANNELS = (64, 128, 256, 512)
+BLOCKS_PER_STAGE = 4
+STEMS = ("imagenet", "cifar")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    in_channels: int
+    out_channels: int
+    strides: int
+    downsample: bool  # shortcut = avg-pool + 1x1 convolution of the beta-scaled input
+    beta: float  # scales the block input before its 3x3 convolution
+
+
+def block_specs(alpha: float = blocks.DEFAULT_ALPHA) -> list[BlockSpec]:
+    """The 16 blocks of ReActNet-18 with the reference's beta schedule.
+
+    Per stage, as `_make_layer` in VITA-Group/BNN_NoBN `models/Qa*_reactnet_18_bf.py`: the
+    first block takes beta from the incoming expected variance, which is then reset to 1
+    if the stage downsamples; each later block takes beta from the current variance, which
+    grows by alpha^2 only after that block (the first block never increments it).
+    """
+    specs = []
+    variance = 1.0
+    in_channels = STAGE_CHANNELS[0]
+    for i, channels in enumerate(STAGE_CHANNELS):
+        strides = 1 if i == 0 else 2
+        downsample = strides != 1 or in_channels != channels
+        specs.append(BlockSpec(in_channels, channels, strides, downsample, variance**-0.5))
+        if downsample:
+            variance = 1.0
+        for _ in range(1, BLOCKS_PER_STAGE):
+            specs.append(BlockSpec(channels, channels, 1, False, variance**-0.5))
+            variance += alpha**2
+        in_channels = channels
+    return specs
+
+
+def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str):
+    scaled = variant.scaled
+    x_in = blocks.scale(x, spec.beta, f"{name}_beta") if scaled else x
+    branch = blocks.shift(x_in, f"{name}_bias")
+    branch = variant.conv(
+        branch,
+        spec.out_channels,
+        3,
+        strides=spec.strides,
+        binary_input=True,
+        binary_weight=True,
+        name=f"{name}_conv3x3",
+    )
+    if scaled:
+        branch = blocks.scale(branch, alpha, f"{name}_alpha")
+    shortcut = x
+    if spec.downsample:
+        shortcut = tf.keras.layers.AveragePooling2D(2, spec.strides, name=f"{name}_pool")(x_in)
+        shortcut = variant.conv(
+            shortcut,
+            spec.out_channels,
+            1,
+            binary_input=False,
+            binary_weight=True,
+            name=f"{name}_downsample",
+        )
+    x = tf.keras.layers.Add(name=f"{name}_add")([shortcut, branch])
+    return blocks.rprelu(x, f"{name}_rprelu")
+
+
+def _stem(x, variant: blocks.Variant, stem: str):
+    if stem == "imagenet":
+        x = variant.conv(
+            x, 64, 7, strides=2, binary_input=False, binary_weight=False, name="conv_first"
+        )
+        return tf.keras.layers.MaxPool2D(3, 2, padding="same", name="pool_first")(x)
+    return variant.conv(x, 64, 3, binary_input=False, binary_weight=False, name="conv_first")
+
+
+def ReActNet18(
+    *,
+    norm: str = "nobn",
+    stage: int = 2,
+    stem: str = "imagenet",
+    alpha: float = blocks.DEFAULT_ALPHA,
+    input_shape: tuple[int, int, int] | None = None,
+    input_tensor: tf.Tensor | None = None,
+    include_top: bool = True,
+    num_classes: int = 1000,
+    weights: str | None = None,
+    name: str | None = None,
+) -> tf.keras.Model:
+    """ReActNet-18 (Bi-Real-Net-18 with RPReLU), as trained in "BNN - BN = ?".
+
+    Args:
+        norm: "bn", "nobn" (the paper's BN-free network) or "none" (BN deleted).
+        stage: 1 binarizes the activations only, 2 the weights too (the 3x3 convolutions
+            and the 1x1 downsample convolutions, whose inputs stay real). Both stages have
+            the same variables.
+        stem: "imagenet" (7x7/2 convolution and 3x3/2 max-pool; the reference used it for
+            CIFAR too) or "cifar" (3x3/1 convolution, no pool).
+        alpha: the residual branch scale of the BN-free variant.
+        input_shape: shape of the input images, (224, 224, 3) by default.
+        input_tensor: optional Keras tensor to use as the model input.
+        include_top: whether to include the pooling and the final dense layer.
+        num_classes: number of classes of the final dense layer.
+        weights: None (random initialization) or the path of a weights file.
+        name: the model's name, `reactnet18_{norm}` by default.
+
+    Returns:
+        A `tf.keras.Model`.
+
+    References:
+        - [Bi-Real Net](https://arxiv.org/abs/1808.00278)
+        - [ReActNet](https://arxiv.org/abs/2003.03488)
+        - [BNN - BN = ?](https://arxiv.org/abs/2104.08215)
+    """
+    variant = blocks.Variant(norm, stage)
+    if stem not in STEMS:
+        raise ValueError(f"`stem` must be one of {STEMS}, got {stem!r}.")
+    inputs = blocks.model_inputs(input_shape, input_tensor, weights, include_top, num_classes, 224)
+    x = _stem(inputs, variant, stem)
+    for i, spec in enumerate(block_specs(alpha)):
+        x = _block(x, spec, variant, alpha, name=f"block{i + 1}")
+    if include_top:
+        x = blocks.classifier(x, num_classes)
+    return blocks.finish(inputs, x, input_tensor, weights, name or f"reactnet18_{norm}")

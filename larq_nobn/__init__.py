@@ -18,9 +18,11 @@ def _check_keras_2() -> None:
     if "tensorflow" not in sys.modules:
         return
     import tensorflow as tf
+    import tensorflow.keras as tf_dot_keras  # bound when TensorFlow was first imported
     import tf_keras
 
-    if tf.keras.layers.Layer is not tf_keras.layers.Layer:
+    layer = tf_keras.layers.Layer
+    if tf.keras.layers.Layer is not layer or tf_dot_keras.layers.Layer is not layer:
         raise ImportError(
             "larq_nobn needs Keras 2 (tf-keras), but TensorFlow was already imported with "
             "Keras 3 behind `tf.keras`. Set the environment variable TF_USE_LEGACY_KERAS=1 "

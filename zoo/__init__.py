@@ -7,12 +7,14 @@ model = zoo.get_model("reactnet18_nobn", stage=1, stem="cifar", input_shape=(32,
 ```
 """
 
+import larq_nobn  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+
+# isort: split
 import functools
 from collections.abc import Callable
 
 import tensorflow as tf
 
-import larq_nobn  # noqa: F401  (Keras 2 before TensorFlow)
 from zoo.blocks import NORMS, STAGES
 from zoo.reactnet18 import ReActNet18
 from zoo.reactnet_a import ReActNetA

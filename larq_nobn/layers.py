@@ -17,6 +17,7 @@ def silence_starved_weights_warning():
     The warning does not apply to scaled-WS layers (the quantizer sees a standardized
     kernel) nor to models that, like the paper's reference, train without weight clipping.
     """
+
     def drop(record: logging.LogRecord) -> bool:
         return "starved weights" not in record.getMessage()
 

@@ -1,0 +1,82 @@
+"""Tests for the package entry point: Keras 2 selection and public names."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import larq_nobn
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(code: str, **env_overrides) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_overrides)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def test_import_sets_legacy_keras_in_fresh_process():
+    code = (
+        "import os\n"
+        "assert 'TF_USE_LEGACY_KERAS' not in os.environ\n"
+        "import larq_nobn\n"
+        "print('ENV=' + os.environ['TF_USE_LEGACY_KERAS'])\n"
+        "import tensorflow as tf, tf_keras\n"
+        "print('LEGACY=' + str(tf.keras.layers.Layer is tf_keras.layers.Layer))\n"
+    )
+    result = _run(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ENV=1" in result.stdout
+    assert "LEGACY=True" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "preamble",
+    ["import tensorflow as tf\ntf.keras.layers\n", "import tensorflow as tf\n"],
+    ids=["keras3-resolved", "tensorflow-only"],
+)
+def test_import_after_keras3_raises_import_error(preamble):
+    code = (
+        preamble + "try:\n"
+        "    import larq_nobn\n"
+        "except ImportError as error:\n"
+        "    print('IMPORT_ERROR=' + str(error))\n"
+        "else:\n"
+        "    print('NO_ERROR')\n"
+    )
+    result = _run(code, TF_USE_LEGACY_KERAS="0")
+    assert "NO_ERROR" not in result.stdout, result.stdout
+    assert "IMPORT_ERROR=" in result.stdout, result.stderr[-2000:]
+    message = result.stdout.split("IMPORT_ERROR=", 1)[1]
+    assert "TF_USE_LEGACY_KERAS" in message
+
+
+@pytest.mark.parametrize("name", larq_nobn.__all__)
+def test_all_names_importable(name):
+    assert hasattr(larq_nobn, name)
+    namespace = {}
+    exec(f"from larq_nobn import {name}", namespace)
+    assert namespace[name] is getattr(larq_nobn, name)
+
+
+def test_all_is_complete_and_agc_alias():
+    assert set(larq_nobn.__all__) >= {
+        "AGC",
+        "AdaptiveGradientClipping",
+        "LearnableBias",
+        "MagnitudeAwareSteSign",
+        "ScaledWSConv2D",
+        "ScaledWSQuantConv2D",
+        "WeightStandardization",
+        "unitwise_norm",
+    }
+    assert len(set(larq_nobn.__all__)) == len(larq_nobn.__all__)
+    assert larq_nobn.AGC is larq_nobn.AdaptiveGradientClipping
+    assert isinstance(larq_nobn.__version__, str)

@@ -150,6 +150,16 @@ def model_inputs(input_shape, input_tensor, weights, include_top, num_classes, s
     return zoo_utils.get_input_layer(input_shape, input_tensor)
 
 
+def check_divisible(inputs: tf.Tensor, factor: int, model: str) -> None:
+    """Average-pool shortcuts need even feature maps at every stride-2 block."""
+    for size in inputs.shape[1:3]:
+        if size is not None and size % factor:
+            raise ValueError(
+                f"{model} needs input height and width divisible by {factor}, got "
+                f"{tuple(inputs.shape[1:3])}."
+            )
+
+
 def finish(inputs, outputs, input_tensor, weights, name: str) -> tf.keras.Model:
     """The `tf.keras.Model`, with `weights` (a path) loaded if given."""
     if input_tensor is not None:

@@ -125,6 +125,7 @@ def ReActNet18(
     if stem not in STEMS:
         raise ValueError(f"`stem` must be one of {STEMS}, got {stem!r}.")
     inputs = blocks.model_inputs(input_shape, input_tensor, weights, include_top, num_classes, 224)
+    blocks.check_divisible(inputs, 32 if stem == "imagenet" else 8, "ReActNet-18")
     x = _stem(inputs, variant, stem)
     for i, spec in enumerate(block_specs(alpha)):
         x = _block(x, spec, variant, alpha, name=f"block{i + 1}")

@@ -136,6 +136,7 @@ def ReActNetA(
     """
     variant = blocks.Variant(norm, stage)
     inputs = blocks.model_inputs(input_shape, input_tensor, weights, include_top, num_classes, 224)
+    blocks.check_divisible(inputs, 32, "ReActNet-A")
     x = variant.conv(
         inputs,
         CHANNELS[0],

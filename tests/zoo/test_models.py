@@ -193,11 +193,14 @@ def test_registry():
         (dict(stem="tiny"), "stem"),
         (dict(weights="imagenet"), "pretrained"),
         (dict(weights="/no/such/file.h5"), "weights"),
+        (dict(input_shape=(48, 48, 3)), "divisible by 32"),
+        (dict(input_shape=(36, 36, 3), stem="cifar"), "divisible by 8"),
     ],
 )
 def test_bad_arguments(kwargs, error):
+    kwargs = {"input_shape": SMALL, **kwargs}
     with pytest.raises(ValueError, match=error):
-        zoo.ReActNet18(input_shape=SMALL, num_classes=10, **kwargs)
+        zoo.ReActNet18(num_classes=10, **kwargs)
 
 
 def test_include_top_and_input_tensor():

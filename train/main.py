@@ -1,0 +1,114 @@
+"""Trains a larq-nobn zoo model with the recipe of "BNN - BN = ?".
+
+    python train/main.py --model reactnet_nobn            # offline, on the embedded digits
+    python train/main.py --model reactnet18_nobn --dataset cifar10 --loss kd --teacher T
+
+See the README for the paper's full commands.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import logging as absl_logging  # noqa: E402
+
+import larq_nobn  # noqa: E402,F401  (Keras 2 before TensorFlow)
+
+# isort: split
+from absl import app, flags  # noqa: E402
+
+import zoo  # noqa: E402
+from train import data, recipe  # noqa: E402
+from train.config import MIXED_PRECISION, STRATEGIES, Config, ConfigError  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "reactnet_nobn", f"zoo model: {', '.join(zoo.MODEL_NAMES)}")
+flags.DEFINE_string("dataset", "digits", f"dataset: {', '.join(data.DATASET_NAMES)}")
+flags.DEFINE_string("model_dir", None, "output directory (default runs/<model>_<dataset>)")
+flags.DEFINE_string("data_dir", None, "TFDS data dir, or the Fashion-MNIST IDX directory")
+flags.DEFINE_list("stages", ["1", "2"], "1 (binary activations), 2 (binary weights too)")
+flags.DEFINE_integer("epochs", None, "epochs per stage (default per dataset; 256 for the paper)")
+flags.DEFINE_integer("batch_size", None, "global batch size (default per dataset; 256)")
+flags.DEFINE_float("learning_rate", recipe.LEARNING_RATE, "Adam, decayed linearly to 0")
+flags.DEFINE_float("weight_decay", None, "L2 on conv kernels (default 1e-5 stage 1, 0 stage 2)")
+flags.DEFINE_float("agc_clip", recipe.AGC_CLIP, "AGC clip factor; 0 disables AGC")
+flags.DEFINE_enum("loss", "ce", list(recipe.LOSSES), "ce, ls (label smoothing 0.1) or kd")
+flags.DEFINE_string("teacher", None, "saved Keras model used as teacher by --loss kd")
+flags.DEFINE_string("init_from", None, "weights to start the first stage from")
+flags.DEFINE_integer("seed", 0, "seed of initialization, shuffling and augmentation")
+flags.DEFINE_integer("train_subset", None, "train on the first N examples only")
+flags.DEFINE_integer("image_size", None, "resize images to this size")
+flags.DEFINE_enum("stem", "imagenet", ["imagenet", "cifar"], "ReActNet-18 stem")
+# Strings, not enums: Config checks them, so a bad value is a one-line error with exit code 2
+# (absl rejects a bad enum value itself, with exit code 1).
+flags.DEFINE_string("strategy", "auto", f"tf.distribute strategy: {', '.join(STRATEGIES)}")
+flags.DEFINE_string(
+    "mixed_precision", "float32", f"Keras dtype policy: {', '.join(MIXED_PRECISION)}"
+)
+flags.DEFINE_bool("jit_compile", False, "compile the training step with XLA")
+flags.DEFINE_bool("export_tflite", False, "also export a TFLite model (larq-compute-engine)")
+flags.DEFINE_bool("deterministic", False, "deterministic TensorFlow ops")
+flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 bar, 2 a line per epoch")
+
+
+def config_from_flags() -> Config:
+    try:
+        stages = tuple(int(s) for s in FLAGS.stages)
+    except ValueError:
+        raise ConfigError(f"--stages must be 1, 2 or 1,2, got {','.join(FLAGS.stages)}") from None
+    return Config(
+        model=FLAGS.model,
+        dataset=FLAGS.dataset,
+        model_dir=FLAGS.model_dir,
+        data_dir=FLAGS.data_dir,
+        stages=stages,
+        epochs=FLAGS.epochs,
+        batch_size=FLAGS.batch_size,
+        learning_rate=FLAGS.learning_rate,
+        weight_decay=FLAGS.weight_decay,
+        agc_clip=FLAGS.agc_clip,
+        loss=FLAGS.loss,
+        teacher=FLAGS.teacher,
+        init_from=FLAGS.init_from,
+        seed=FLAGS.seed,
+        train_subset=FLAGS.train_subset,
+        image_size=FLAGS.image_size,
+        stem=FLAGS.stem,
+        strategy=FLAGS.strategy,
+        mixed_precision=FLAGS.mixed_precision,
+        jit_compile=FLAGS.jit_compile,
+        export_tflite=FLAGS.export_tflite,
+        verbose=FLAGS.verbose,
+    ).resolved()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        return fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    import tensorflow as tf
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    from train.runner import Run, TrainingError
+
+    try:
+        config = config_from_flags()
+        tf.keras.utils.set_random_seed(config.seed)
+        if FLAGS.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        Run(config).run()
+    except (ConfigError, data.DatasetError) as error:
+        return fail(str(error))
+    except TrainingError as error:
+        return fail(str(error), code=1)
+    return 0
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,144 @@
+"""The paper's training recipe: schedule, optimizer with AGC, losses, weight decay.
+
+Numbers come from the reference scripts of "BNN - BN = ?" (VITA-Group/BNN_NoBN,
+`train.py` and `script/*.sh`).
+"""
+
+import larq as lq
+import tensorflow as tf
+
+import larq_nobn
+
+LEARNING_RATE = 5e-4
+ADAM_EPSILON = 1e-8  # torch's default (Keras' is 1e-7)
+WEIGHT_DECAY = {1: 1e-5, 2: 0.0}  # per stage
+AGC_CLIP = 0.02
+AGC_EPS = 1e-3
+AGC_EXCLUDE = r"^fc/"  # the final classifier is never clipped
+LABEL_SMOOTHING = 0.1
+BATCH_SIZE = 256
+LOSSES = ("ce", "ls", "kd")
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_nobn_train")
+class LinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """`initial * (1 - step / total_steps)`, reaching 0 at the end of the run (per step).
+
+    The reference steps a `LambdaLR(1 - epoch / epochs)` once per epoch; this is its
+    per-step version.
+    """
+
+    def __init__(self, initial_learning_rate: float, total_steps: int):
+        self.initial_learning_rate = initial_learning_rate
+        self.total_steps = total_steps
+
+    def __call__(self, step):
+        progress = tf.cast(step, tf.float32) / float(self.total_steps)
+        return self.initial_learning_rate * tf.maximum(1.0 - progress, 0.0)
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "total_steps": self.total_steps,
+        }
+
+
+def optimizer(
+    learning_rate: float, total_steps: int, agc_clip: float
+) -> tf.keras.optimizers.Optimizer:
+    """Adam with the linear schedule, wrapped in AGC unless `agc_clip` is 0."""
+    adam = tf.keras.optimizers.Adam(LinearDecay(learning_rate, total_steps), epsilon=ADAM_EPSILON)
+    if agc_clip == 0:
+        return adam
+    return larq_nobn.AGC(adam, clip_factor=agc_clip, eps=AGC_EPS, exclude=AGC_EXCLUDE)
+
+
+def conv_kernels(model: tf.keras.Model) -> list[tf.Variable]:
+    """The latent kernels of every convolution (where the reference applies weight decay)."""
+    return [layer.kernel for layer in model.submodules if isinstance(layer, tf.keras.layers.Conv2D)]
+
+
+def add_weight_decay(model: tf.keras.Model, weight_decay: float) -> None:
+    """Coupled L2 on convolution kernels: adds `weight_decay * W` to their gradients.
+
+    The reference adds it inside `optimizer.step`, after AGC; here it is a loss term, so
+    AGC clips it together with the data gradient. At 1e-5 the difference is negligible.
+    """
+    if weight_decay == 0:
+        return
+    kernels = conv_kernels(model)
+
+    def l2_loss():
+        with lq.context.quantized_scope(False):  # the latent weights
+            return 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
+
+    model.add_loss(l2_loss)
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_nobn_train")
+class SparseSmoothedCrossEntropy(tf.keras.losses.Loss):
+    """Cross-entropy with label smoothing on integer labels and logits."""
+
+    def __init__(self, num_classes: int, label_smoothing: float = LABEL_SMOOTHING, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        one_hot = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), self.num_classes)
+        return tf.keras.losses.categorical_crossentropy(
+            one_hot, y_pred, from_logits=True, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "label_smoothing": self.label_smoothing,
+        }
+
+
+def distribution_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor) -> tf.Tensor:
+    """The reference's `kd` loss per example: `-sum(softmax(teacher) * log_softmax(student))`."""
+    teacher_probs = tf.nn.softmax(tf.cast(teacher_logits, tf.float32))
+    log_probs = tf.nn.log_softmax(tf.cast(student_logits, tf.float32))
+    return -tf.reduce_sum(teacher_probs * log_probs, axis=-1)
+
+
+class Distillation(tf.keras.Model):
+    """Trains `student` against a frozen `teacher`'s softmax (the reference's `kd` loss).
+
+    Compile it without a loss: `distribution_loss` replaces it (tracked as "loss"), while
+    compiled metrics such as accuracy still compare the student's logits with the labels.
+    """
+
+    def __init__(self, student: tf.keras.Model, teacher: tf.keras.Model, **kwargs):
+        super().__init__(name=f"{student.name}_distilled", **kwargs)
+        self.student = student
+        self.teacher = teacher
+        teacher.trainable = False
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, *super().metrics]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
+        per_example = distribution_loss(self.teacher(x, training=False), y_pred)
+        # Per replica, divided by the global batch: the sum over replicas is the mean.
+        loss = tf.nn.compute_average_loss(per_example)
+        if self.student.losses:
+            loss += tf.nn.scale_regularization_loss(tf.add_n(self.student.losses))
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self.loss_tracker.update_state(loss * replicas)
+        return loss
+
+
+def loss(name: str, num_classes: int) -> tf.keras.losses.Loss:
+    """The Keras loss for `ce` and `ls` (`kd` is `Distillation`, which uses `ce` for eval)."""
+    if name == "ls":
+        return SparseSmoothedCrossEntropy(num_classes)
+    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)

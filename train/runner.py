@@ -1,0 +1,321 @@
+"""Runs the configured stages: strategy, data, model, optimizer, fit, outputs."""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import larq as lq
+import tensorflow as tf
+
+import zoo
+from train import data, outputs, recipe
+from train.config import Config, ConfigError
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user must see (one line)."""
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy for --strategy."""
+    if name == "multi_worker":
+        try:
+            tf_config = json.loads(os.environ.get("TF_CONFIG", ""))
+            cluster = tf_config["cluster"]
+            if not cluster.get("worker") and not cluster.get("chief"):
+                raise KeyError("worker")
+            # This task must be one of the cluster's: MultiWorkerMirroredStrategy would
+            # otherwise fail later with a long message, or wait for peers forever.
+            task = tf_config["task"]
+            if not 0 <= int(task.get("index", 0)) < len(cluster[task["type"]]):
+                raise KeyError("index")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ConfigError(
+                "--strategy multi_worker needs TF_CONFIG with a cluster of workers and this "
+                f"task in it (see the README), got {os.environ.get('TF_CONFIG')!r}"
+            ) from error
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0].name)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def _load_weights(student: tf.keras.Model, donor: tf.keras.Model, path: str, what: str) -> None:
+    """Copies the model weights saved at `path` into `student`, or says why they don't fit.
+
+    `path` is a `.keras` model, a `.weights.h5` file or a TF checkpoint. They are read into
+    `donor`, an uncompiled model of the same architecture, and copied from there: weights
+    files of compiled models also hold optimizer state (iterations, slots), which must not
+    leak into the new run's optimizer.
+    """
+    try:
+        if path.endswith(".keras"):
+            saved = tf.keras.models.load_model(path, compile=False)
+            if isinstance(saved, recipe.Distillation):
+                saved = saved.student
+            weights = saved.get_weights()
+        else:
+            status = donor.load_weights(path)
+            if status is not None:
+                status.expect_partial().assert_existing_objects_matched()
+            weights = donor.get_weights()
+        if [w.shape for w in weights] != [w.shape for w in student.weights]:
+            raise ValueError("its weights have other shapes")
+        student.set_weights(weights)
+    except (ValueError, AssertionError, tf.errors.OpError, OSError) as error:
+        reason = str(error).strip().splitlines()[0][:200]
+        raise ConfigError(f"{what} {path} does not fit --model {student.name}: {reason}") from None
+
+
+TEST_FAULT_ENV = "LARQ_NOBN_TEST_FAULT"
+
+
+class _TestFault(tf.keras.callbacks.Callback):
+    """Test-only: `LARQ_NOBN_TEST_FAULT=nan_at_epoch:K` turns the weights NaN at the start of
+    epoch K (1-based), as a diverging run would, so the NaN handling can be tested."""
+
+    def __init__(self, spec: str):
+        super().__init__()
+        kind, _, value = spec.partition(":")
+        if kind != "nan_at_epoch" or not value.isdigit():
+            raise ConfigError(f"{TEST_FAULT_ENV} must be nan_at_epoch:<epoch>, got {spec!r}")
+        self.nan_epoch = int(value)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch + 1 == self.nan_epoch:
+            variable = self.model.trainable_variables[0]
+            variable.assign(tf.fill(variable.shape, float("nan")))
+
+
+class Run:
+    """One invocation of the training program (one or two stages)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.strategy = make_strategy(config.strategy)
+        replicas = self.strategy.num_replicas_in_sync
+        if config.batch_size % replicas:
+            raise ConfigError(
+                f"--batch_size {config.batch_size} does not divide across {replicas} replicas"
+            )
+        if config.mixed_precision != "float32":
+            tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
+        self.chief = is_chief(self.strategy)
+        self.train_ds, self.test_ds, self.info = data.load(
+            config.dataset,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            data_dir=config.data_dir,
+            train_subset=config.train_subset,
+            image_size=config.image_size,
+        )
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        self.train_ds = self.train_ds.with_options(options)
+        self.test_ds = self.test_ds.with_options(options)
+        self.steps_per_epoch = self.info.train_examples // config.batch_size
+        self.teacher = None
+        if config.loss == "kd":
+            self.teacher = self._load_teacher()
+
+    def _load_teacher(self) -> tf.keras.Model:
+        with self.strategy.scope():
+            try:
+                teacher = tf.keras.models.load_model(self.config.teacher, compile=False)
+            except (OSError, ValueError, tf.errors.OpError) as error:
+                reason = str(error).strip().splitlines()[0][:200]
+                raise ConfigError(f"--teacher {self.config.teacher}: {reason}") from None
+        if teacher.output_shape[-1] != self.info.num_classes:
+            raise ConfigError(
+                f"--teacher predicts {teacher.output_shape[-1]} classes, "
+                f"{self.config.dataset} has {self.info.num_classes}"
+            )
+        return teacher
+
+    def student(self, stage: int) -> tf.keras.Model:
+        """The zoo model of a stage, uncompiled."""
+        return zoo.get_model(
+            self.config.model,
+            stage=stage,
+            input_shape=self.info.image_shape,
+            num_classes=self.info.num_classes,
+            **self.config.model_kwargs(),
+        )
+
+    def load_weights(self, student: tf.keras.Model, stage: int, path: str, what: str) -> None:
+        _load_weights(student, self.student(stage), path, what)
+
+    def build(self, stage: int) -> tuple[tf.keras.Model, tf.keras.Model]:
+        """(trained model, student) of a stage, compiled inside the strategy scope."""
+        config = self.config
+        with self.strategy.scope():
+            student = self.student(stage)
+            recipe.add_weight_decay(student, config.weight_decay_for(stage))
+            model = student
+            loss = recipe.loss(config.loss, self.info.num_classes)
+            if self.teacher is not None:
+                model, loss = recipe.Distillation(student, self.teacher), None
+            model.compile(
+                optimizer=recipe.optimizer(
+                    config.learning_rate, config.epochs * self.steps_per_epoch, config.agc_clip
+                ),
+                loss=loss,
+                metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                jit_compile=config.jit_compile,
+            )
+        return model, student
+
+    def stage_dir(self, stage: int) -> str:
+        return os.path.join(self.config.model_dir, f"stage{stage}")
+
+    def preflight(self) -> None:
+        """Every check that can fail on bad input, before --model_dir is touched."""
+        config = self.config
+        finished = outputs.read_json(os.path.join(config.model_dir, "metrics.json"))
+        if finished is not None:
+            raise ConfigError(
+                f"{config.model_dir} already holds a finished run (test_accuracy "
+                f"{finished.get('test_accuracy')}); choose another --model_dir"
+            )
+        saved = outputs.read_json(os.path.join(config.model_dir, "config.json"))
+        if saved is not None and saved != self.config_json():
+            changed = sorted(k for k, v in self.config_json().items() if saved.get(k) != v)
+            raise ConfigError(
+                f"{config.model_dir} holds an unfinished run with other flags "
+                f"({', '.join(changed)}); rerun it with the same flags or choose another "
+                "--model_dir"
+            )
+        if config.init_from:
+            stage = config.stages[0]
+            self.load_weights(self.student(stage), stage, config.init_from, "--init_from")
+
+    def config_json(self) -> dict:
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self.config).items()
+            if k != "verbose"
+        }
+
+    def run(self) -> dict:
+        config = self.config
+        self.preflight()
+        start = time.time()
+        print("Configuration:")
+        for key, value in self.config_json().items():
+            print(f"  {key:16} {value}")
+        print(f"  {'replicas':16} {self.strategy.num_replicas_in_sync}")
+        if self.chief:
+            os.makedirs(config.model_dir, exist_ok=True)
+            outputs.write_json(os.path.join(config.model_dir, "config.json"), self.config_json())
+        results, histories, student = {}, {}, None
+        init_from = config.init_from
+        for stage in config.stages:
+            results[stage], histories[stage], student = self.run_stage(stage, init_from)
+            init_from = os.path.join(self.stage_dir(stage), "model.keras")
+        final = results[config.stages[-1]]
+        # Every worker prints it: the workers of a multi-worker run must end with the same
+        # weights, and two runs with the same seed and --deterministic with the same digest.
+        print(f"final weights sha256 {outputs.weights_sha256(student)}")
+        metrics = {
+            "test_accuracy": final["test_accuracy"],
+            "test_loss": final["test_loss"],
+            "stages": {str(s): r for s, r in results.items()},
+            "config": self.config_json(),
+            "elapsed_seconds": round(time.time() - start, 1),
+        }
+        if self.chief:
+            last = self.stage_dir(config.stages[-1])
+            shutil.copyfile(
+                os.path.join(last, "model.keras"), os.path.join(config.model_dir, "model.keras")
+            )
+            outputs.plot_curves(histories, os.path.join(config.model_dir, "curves.png"))
+            outputs.write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
+            print(f"\ntest_accuracy {final['test_accuracy']:.4f}")
+            print(f"Everything is in {config.model_dir}:")
+            for name in ("metrics.json", "config.json", "curves.png", "model.keras"):
+                print(f"  {os.path.join(config.model_dir, name)}")
+            for stage in config.stages:
+                print(f"  {self.stage_dir(stage)}/  (checkpoints, logs, history.csv, model)")
+        return metrics
+
+    def run_stage(self, stage: int, init_from: str | None):
+        config = self.config
+        stage_dir = self.stage_dir(stage)
+        done = outputs.read_json(os.path.join(stage_dir, "metrics.json"))
+        if done is not None:  # finished before a crash in a later stage
+            state = outputs.TrainingState(stage_dir, write=False)
+            student = self.student(stage)
+            self.load_weights(student, stage, os.path.join(stage_dir, "model.keras"), "stage")
+            print(f"\nStage {stage} finished earlier: test_accuracy {done['test_accuracy']:.4f}")
+            return done, state.history(), student
+
+        model, student = self.build(stage)
+        print(
+            f"\nStage {stage}: {'binary weights and' if stage == 2 else 'real weights,'} "
+            "binary activations"
+        )
+        lq.models.summary(student)
+        scratch = None if self.chief else tempfile.mkdtemp()
+        state = outputs.TrainingState(scratch or stage_dir, write=self.chief)
+        initial_epoch = state.attach(model)
+        if initial_epoch == 0 and init_from:
+            what = "--init_from" if stage == config.stages[0] else "stage weights"
+            self.load_weights(student, stage, init_from, what)
+        elif initial_epoch:
+            print(
+                f"Resuming stage {stage} after epoch {initial_epoch} from {state.latest_checkpoint}"
+            )
+        callbacks = [state, tf.keras.callbacks.TerminateOnNaN()]
+        fault = os.environ.get(TEST_FAULT_ENV)
+        if fault:
+            callbacks.insert(0, _TestFault(fault))
+        if self.chief:
+            callbacks.append(
+                tf.keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs"), profile_batch=0)
+            )
+        if initial_epoch < config.epochs:
+            model.fit(
+                self.train_ds,
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                validation_data=self.test_ds,
+                callbacks=callbacks,
+                verbose=config.verbose,
+            )
+        if state.nan_epoch is not None:
+            raise TrainingError(
+                f"the loss became NaN or infinite in stage {stage}, epoch {state.nan_epoch}; "
+                f"the last good checkpoint is {state.latest_checkpoint}"
+            )
+        evaluation = model.evaluate(self.test_ds, verbose=0, return_dict=True)
+        history = state.history()
+        result = {
+            "test_accuracy": float(evaluation["accuracy"]),
+            "test_loss": float(evaluation["loss"]),
+            "train_accuracy": history[-1].get("accuracy") if history else None,
+            "epochs": config.epochs,
+        }
+        if self.chief:
+            student.save(os.path.join(stage_dir, "model.keras"))
+            outputs.write_json(os.path.join(stage_dir, "metrics.json"), result)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        print(f"Stage {stage}: test_accuracy {result['test_accuracy']:.4f}")
+        return result, history, student

@@ -1,0 +1,334 @@
+"""Tests for the training program train/main.py: input errors, outputs, stages, distillation.
+
+The runs use ReActNet-18 (no BN) with the CIFAR stem on small images (8x8 or 16x16: the
+weights do not depend on the input size) so that each takes well under a minute on 2 CPU
+cores.
+"""
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import zoo
+from train import data
+from train import main as main_mod
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL = ["--model=reactnet18_nobn", "--stem=cifar"]
+# Validation must refuse these before anything runs; were it not to, they would train fast.
+FAST = [*MODEL, "--dataset=digits", "--stages=1", "--epochs=1", "--batch_size=32"]
+FAST += ["--train_subset=64", "--image_size=8", "--verbose=0"]
+# The end-to-end run: learns the digits to ~0.8 test accuracy in 2 epochs (~50 s).
+TRAINED = [*MODEL, "--dataset=digits", "--stages=1", "--epochs=2", "--batch_size=32"]
+TRAINED += ["--train_subset=512", "--image_size=16", "--verbose=0"]
+
+
+def run_main(*args: str) -> int:
+    """Parses `args` as the program's flags and runs `main` in this process."""
+    main_mod.FLAGS.unparse_flags()
+    try:
+        main_mod.FLAGS(["main.py", *args])
+        return main_mod.main(["main.py"])
+    finally:
+        main_mod.FLAGS.unparse_flags()
+
+
+def snapshot(directory) -> dict:
+    """Every file under `directory`: size, mtime and (below 1 MB) a hash of its contents."""
+    result = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            digest = None
+            if os.path.isfile(path) and stat.st_size < 2**20:
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            result[os.path.relpath(path, directory)] = (stat.st_size, stat.st_mtime_ns, digest)
+    return result
+
+
+def error_line(capsys) -> str:
+    """The only line written to stderr, which must be an `error: ...` line."""
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def model_weights(path: str) -> list[np.ndarray]:
+    """The weights saved in a stage's `model.keras` (read without rebuilding the model)."""
+    model = zoo.get_model(
+        "reactnet18_nobn", stage=1, stem="cifar", input_shape=(8, 8, 3), num_classes=10
+    )
+    model.load_weights(path)
+    return model.get_weights()
+
+
+def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    assert [x.shape for x in a] == [y.shape for y in b]
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
+
+
+def read_history(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> str:
+    """The model_dir of one tiny real training run (stage 1 on the digits)."""
+    model_dir = str(tmp_path_factory.mktemp("trained") / "run")
+    assert run_main(*TRAINED, f"--model_dir={model_dir}") == 0
+    return model_dir
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _bad_inputs():
+    # (id, flags, substrings of the error, files to put in --model_dir first)
+    finished = {"metrics.json": json.dumps({"test_accuracy": 0.5})}
+    other_run = {"config.json": json.dumps({"model": "reactnet_nobn"})}
+    return [
+        ("model", ["--model=nope"], ["'nope'", "reactnet18_nobn", "reactnet_nobn"], {}),
+        ("dataset", ["--dataset=nope"], ["'nope'", "digits", "synthetic"], {}),
+        ("epochs", ["--epochs=0"], ["--epochs", "positive"], {}),
+        ("batch_size", ["--batch_size=-1"], ["--batch_size", "-1"], {}),
+        ("learning_rate", ["--learning_rate=0"], ["--learning_rate", "positive"], {}),
+        ("stages", ["--stages=3"], ["--stages"], {}),
+        ("stages_order", ["--stages=2,1"], ["--stages", "increasing"], {}),
+        ("stages_text", ["--stages=one"], ["--stages", "one"], {}),
+        ("kd_no_teacher", ["--loss=kd"], ["--loss kd", "--teacher"], {}),
+        (
+            "missing_teacher",
+            ["--loss=kd", "--teacher={tmp}/no_teacher"],
+            ["--teacher", "no_teacher", "does not exist"],
+            {},
+        ),
+        (
+            "missing_init_from",
+            ["--init_from={tmp}/no.weights.h5"],
+            ["--init_from", "no.weights.h5", "does not exist"],
+            {},
+        ),
+        ("finished", [], ["finished"], finished),
+        ("other_flags", [], ["unfinished", "model"], other_run),
+    ]
+
+
+@pytest.mark.parametrize(
+    "flags, expected, files",
+    [case[1:] for case in _bad_inputs()],
+    ids=[case[0] for case in _bad_inputs()],
+)
+def test_bad_input_exits_2_with_one_error_line(tmp_path, capsys, flags, expected, files):
+    model_dir = tmp_path / "out"
+    model_dir.mkdir()
+    (model_dir / "marker.txt").write_text("keep me")
+    for name, text in files.items():
+        (model_dir / name).write_text(text)
+    before = snapshot(model_dir)
+    capsys.readouterr()
+
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    code = run_main(*FAST, *flags, f"--model_dir={model_dir}")
+
+    assert code == 2
+    line = error_line(capsys)
+    for part in expected:
+        assert part in line, (part, line)
+    assert snapshot(model_dir) == before
+
+
+def test_unexpected_positional_argument(capsys):
+    main_mod.FLAGS.unparse_flags()
+    try:
+        main_mod.FLAGS(["main.py", *FAST])
+        assert main_mod.main(["main.py", "stray"]) == 2
+    finally:
+        main_mod.FLAGS.unparse_flags()
+    assert "stray" in error_line(capsys)
+
+
+def test_init_from_another_architecture(tmp_path, capsys):
+    other = zoo.get_model("reactnet_nobn", stage=1, input_shape=(32, 32, 3), num_classes=10)
+    weights = str(tmp_path / "reactnet_a.weights.h5")
+    other.save_weights(weights)
+    model_dir = tmp_path / "out"
+    model_dir.mkdir()
+    (model_dir / "marker.txt").write_text("keep me")
+    before = snapshot(model_dir)
+    capsys.readouterr()
+
+    code = run_main(*FAST, f"--init_from={weights}", f"--model_dir={model_dir}")
+
+    assert code == 2
+    line = error_line(capsys)
+    assert "--init_from" in line and "reactnet_a.weights.h5" in line
+    assert "does not fit" in line
+    assert snapshot(model_dir) == before
+
+
+def test_command_line_exit_code_and_error_line(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    model_dir = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "train/main.py", "--model", "nope", f"--model_dir={model_dir}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unknown --model 'nope'")
+    assert "reactnet18_nobn" in last
+    assert sum(line.startswith("error:") for line in result.stderr.splitlines()) == 1
+    assert not model_dir.exists()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_trained_run_outputs(trained):
+    names = set(os.listdir(trained))
+    assert {"config.json", "metrics.json", "curves.png", "model.keras", "stage1"} <= names
+    assert "stage2" not in names
+
+    with open(os.path.join(trained, "metrics.json")) as f:
+        metrics = json.load(f)
+    # 10 classes: chance is 0.1; this run reaches ~0.8.
+    assert 0.5 <= metrics["test_accuracy"] <= 1.0
+    assert np.isfinite(metrics["test_loss"])
+    assert set(metrics["stages"]) == {"1"}
+    assert metrics["stages"]["1"]["test_accuracy"] == metrics["test_accuracy"]
+    assert metrics["stages"]["1"]["epochs"] == 2
+    config = metrics["config"]
+    assert config["model"] == "reactnet18_nobn" and config["dataset"] == "digits"
+    assert config["epochs"] == 2 and config["batch_size"] == 32 and config["stages"] == [1]
+    assert config["train_subset"] == 512 and config["model_dir"] == trained
+    with open(os.path.join(trained, "config.json")) as f:
+        assert json.load(f) == config
+
+    with open(os.path.join(trained, "curves.png"), "rb") as f:
+        png = f.read()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+    stage = os.path.join(trained, "stage1")
+    history = read_history(os.path.join(stage, "history.csv"))
+    assert [int(row["epoch"]) for row in history] == [1, 2]
+    for row in history:
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert np.isfinite(float(row[key]))
+    assert float(history[-1]["val_accuracy"]) == pytest.approx(metrics["test_accuracy"])
+    assert float(history[-1]["loss"]) < float(history[0]["loss"])
+
+    checkpoints = os.path.join(stage, "checkpoints")
+    latest = tf.train.latest_checkpoint(checkpoints)
+    assert latest is not None and latest.endswith("ckpt-2")
+    variables = dict(tf.train.list_variables(latest))
+    assert any(name.startswith("model/") for name in variables)
+    assert any(name.startswith("optimizer/") for name in variables)
+
+    logs = os.path.join(stage, "logs")
+    events = [f for _, _, files in os.walk(logs) for f in files if "tfevents" in f]
+    assert len(events) >= 2  # train and validation
+    assert os.path.isfile(os.path.join(stage, "model.keras"))
+    assert os.path.isfile(os.path.join(stage, "metrics.json"))
+
+
+def test_saved_model_reproduces_test_accuracy(trained):
+    model = tf.keras.models.load_model(os.path.join(trained, "model.keras"))
+    # The test images are normalized with the statistics of the train subset.
+    _, test, _ = data.load("digits", global_batch_size=120, image_size=16, train_subset=512)
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in test], strict=True)
+    logits = model.predict(np.concatenate(images), verbose=0)
+    assert logits.shape == (360, 10) and np.all(np.isfinite(logits))
+    accuracy = np.mean(np.argmax(logits, axis=-1) == np.concatenate(labels))
+    with open(os.path.join(trained, "metrics.json")) as f:
+        assert accuracy == pytest.approx(json.load(f)["test_accuracy"], abs=1e-6)
+
+
+def test_rerun_into_finished_run_is_refused(trained, capsys):
+    before = snapshot(trained)
+    capsys.readouterr()
+    assert run_main(*TRAINED, f"--model_dir={trained}") == 2
+    line = error_line(capsys)
+    assert "finished" in line and trained in line
+    assert snapshot(trained) == before
+
+
+def test_init_from_and_stage_two_start_from_stage_one(trained, tmp_path):
+    """`--stages=1,2 --init_from=A`: stage 1 starts from A, stage 2 from stage 1, and trains.
+
+    With a learning rate of 1e-6 each Adam step moves a weight by about 1e-6, so after the
+    two steps of a stage the weights are within 1e-5 of where the stage started, yet not
+    equal to them.
+    """
+    init = os.path.join(trained, "stage1", "model.keras")
+    model_dir = str(tmp_path / "two")
+    flags = [*MODEL, "--dataset=digits", "--stages=1,2", "--epochs=1", "--batch_size=32"]
+    flags += ["--train_subset=64", "--image_size=8", "--learning_rate=1e-6", "--verbose=0"]
+    assert run_main(*flags, f"--init_from={init}", f"--model_dir={model_dir}") == 0
+
+    fresh = zoo.get_model(
+        "reactnet18_nobn", stage=2, stem="cifar", input_shape=(8, 8, 3), num_classes=10
+    ).get_weights()
+    start = model_weights(init)
+    stage1 = model_weights(os.path.join(model_dir, "stage1", "model.keras"))
+    stage2 = model_weights(os.path.join(model_dir, "stage2", "model.keras"))
+    assert max_abs_diff(fresh, start) > 0.01
+    assert max_abs_diff(fresh, stage2) > 0.01
+    assert 0 < max_abs_diff(stage1, start) < 1e-5
+    assert 0 < max_abs_diff(stage2, stage1) < 1e-5  # stage 2 trained, from stage 1
+
+    for stage in (1, 2):
+        stage_dir = os.path.join(model_dir, f"stage{stage}")
+        assert os.path.isfile(os.path.join(stage_dir, "metrics.json"))
+        assert tf.train.latest_checkpoint(os.path.join(stage_dir, "checkpoints"))
+        history = read_history(os.path.join(stage_dir, "history.csv"))
+        assert [int(row["epoch"]) for row in history] == [1]
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert set(metrics["stages"]) == {"1", "2"}
+    assert metrics["test_accuracy"] == metrics["stages"]["2"]["test_accuracy"]
+    assert metrics["config"]["stages"] == [1, 2]
+    assert metrics["config"]["init_from"] == init
+    assert os.path.isfile(os.path.join(model_dir, "curves.png"))
+
+
+def test_knowledge_distillation_run(tmp_path):
+    teacher = tf.keras.Sequential(
+        [tf.keras.Input((8, 8, 3)), tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)]
+    )
+    teacher_dir = str(tmp_path / "teacher")
+    teacher.save(teacher_dir)  # a SavedModel directory
+    assert os.path.isfile(os.path.join(teacher_dir, "saved_model.pb"))
+    model_dir = str(tmp_path / "kd")
+    flags = [*MODEL, "--dataset=synthetic", "--image_size=8", "--stages=1", "--epochs=1"]
+    flags += ["--batch_size=128", "--loss=kd", f"--teacher={teacher_dir}", "--verbose=0"]
+
+    assert run_main(*flags, f"--model_dir={model_dir}") == 0
+
+    history = read_history(os.path.join(model_dir, "stage1", "history.csv"))
+    assert [int(row["epoch"]) for row in history] == [1]
+    loss = float(history[0]["loss"])
+    assert np.isfinite(loss) and loss > 0
+    assert 0.0 <= float(history[0]["accuracy"]) <= 1.0
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["config"]["loss"] == "kd" and metrics["config"]["teacher"] == teacher_dir
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    # The saved model is the student alone (32-bit weights of the zoo model, no teacher).
+    student = tf.keras.models.load_model(os.path.join(model_dir, "model.keras"))
+    assert student.name == "reactnet18_nobn"
+    assert student.output_shape == (None, 10)

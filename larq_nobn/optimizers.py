@@ -218,11 +218,14 @@ class AdaptiveGradientClipping(
     def set_weights(self, weights):
         self._optimizer.set_weights(weights)
 
+    # The Keras v3 format (`.keras`, `.weights.h5`) walks attributes: the inner optimizer is
+    # reached as a child and saves and loads its own variables, so the wrapper stores none
+    # (storing them here too would write every slot twice).
     def save_own_variables(self, store):
-        self._optimizer.save_own_variables(store)
+        pass
 
     def load_own_variables(self, store):
-        self._optimizer.load_own_variables(store)
+        pass
 
     def get_config(self):
         exclude = self.exclude

@@ -531,3 +531,22 @@ def test_module_regex_semantics_are_search():
     agc.apply_gradients([(tf.constant(g), v)])
     np.testing.assert_allclose(1.0 - v.numpy(), g)
     assert re.search("dense", v.name)
+
+
+def test_keras_archive_stores_the_inner_state_once(tmp_path):
+    """The wrapper's checkpoint is the inner optimizer's: no slot is written twice."""
+    import zipfile
+
+    sizes = {}
+    for name, optimizer in (
+        ("plain", tf.keras.optimizers.Adam(1e-3)),
+        ("agc", AdaptiveGradientClipping(tf.keras.optimizers.Adam(1e-3), 0.02)),
+    ):
+        model = tf.keras.Sequential([tf.keras.Input((64,)), tf.keras.layers.Dense(256)])
+        model.compile(optimizer=optimizer, loss="mse")
+        model.fit(np.ones((4, 64), "float32"), np.ones((4, 256), "float32"), verbose=0)
+        path = str(tmp_path / f"{name}.keras")
+        model.save(path)
+        with zipfile.ZipFile(path) as archive:
+            sizes[name] = archive.getinfo("model.weights.h5").file_size
+    assert abs(sizes["agc"] - sizes["plain"]) < 0.05 * sizes["plain"]

@@ -159,6 +159,18 @@ class Run:
             **self.config.model_kwargs(),
         )
 
+    def save_student(self, student: tf.keras.Model, stage: int, directory: str) -> None:
+        """`model.keras` and `model.weights.h5` of the trained student, without optimizer.
+
+        Saved from an uncompiled copy: a compiled model's files also hold the optimizer
+        state, three times the size and slow to load, and a later stage must not inherit
+        its step count (the learning-rate schedule would start at its end).
+        """
+        copy = self.student(stage)
+        copy.set_weights(student.get_weights())
+        copy.save(os.path.join(directory, "model.keras"))
+        copy.save_weights(os.path.join(directory, "model.weights.h5"))
+
     def load_weights(self, student: tf.keras.Model, stage: int, path: str, what: str) -> None:
         _load_weights(student, self.student(stage), path, what)
 
@@ -228,7 +240,7 @@ class Run:
         init_from = config.init_from
         for stage in config.stages:
             results[stage], histories[stage], student = self.run_stage(stage, init_from)
-            init_from = os.path.join(self.stage_dir(stage), "model.keras")
+            init_from = os.path.join(self.stage_dir(stage), "model.weights.h5")
         final = results[config.stages[-1]]
         # Every worker prints it: the workers of a multi-worker run must end with the same
         # weights, and two runs with the same seed and --deterministic with the same digest.
@@ -262,7 +274,8 @@ class Run:
         if done is not None:  # finished before a crash in a later stage
             state = outputs.TrainingState(stage_dir, write=False)
             student = self.student(stage)
-            self.load_weights(student, stage, os.path.join(stage_dir, "model.keras"), "stage")
+            path = os.path.join(stage_dir, "model.weights.h5")
+            self.load_weights(student, stage, path, "stage")
             print(f"\nStage {stage} finished earlier: test_accuracy {done['test_accuracy']:.4f}")
             return done, state.history(), student
 
@@ -313,7 +326,7 @@ class Run:
             "epochs": config.epochs,
         }
         if self.chief:
-            student.save(os.path.join(stage_dir, "model.keras"))
+            self.save_student(student, stage, stage_dir)
             outputs.write_json(os.path.join(stage_dir, "metrics.json"), result)
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -101,6 +101,33 @@ class Variant:
             )(x)
         return x
 
+    def binary_conv(
+        self,
+        x: tf.Tensor,
+        filters: int,
+        kernel_size: int,
+        *,
+        alpha: float,
+        name: str,
+        alpha_name: str,
+        strides: int = 1,
+    ) -> tf.Tensor:
+        """A residual branch's binary-input convolution, times alpha in the BN-free variant."""
+        x = self.conv(
+            x,
+            filters,
+            kernel_size,
+            strides=strides,
+            binary_input=True,
+            binary_weight=True,
+            name=name,
+        )
+        return scale(x, alpha, alpha_name) if self.scaled else x
+
+    def beta(self, x: tf.Tensor, beta: float, name: str) -> tf.Tensor:
+        """A block input scaled by beta (BN-free variant only)."""
+        return scale(x, beta, name) if self.scaled else x
+
 
 def scale(x: tf.Tensor, factor: float, name: str) -> tf.Tensor:
     """`x * factor`, skipped (exactly) when the factor is 1."""
@@ -134,6 +161,7 @@ def classifier(x: tf.Tensor, num_classes: int) -> tf.Tensor:
         kernel_initializer=torch_default_initializer(),
         bias_initializer=tf.keras.initializers.RandomUniform(-(fan_in**-0.5), fan_in**-0.5),
         name="fc",
+        dtype="float32",  # float32 logits under a mixed precision policy, as Keras advises
     )(x)
 
 

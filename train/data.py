@@ -93,6 +93,28 @@ class _Source:
     shuffle_buffer: int | None = None  # None: whole (per-pipeline) train split
     train_sharded: bool = False  # True if the reader already sharded by input pipeline
 
+    @classmethod
+    def from_arrays(
+        cls,
+        train: tuple[np.ndarray, np.ndarray],
+        test: tuple[np.ndarray, np.ndarray],
+        train_map: Callable[[Image, Seed], Image],
+        test_map: Callable[[Image], Image],
+        num_classes: int,
+        image_size: int,
+    ) -> _Source:
+        """A source of in-memory (images, labels) splits."""
+        return cls(
+            train=tf.data.Dataset.from_tensor_slices(train),
+            test=tf.data.Dataset.from_tensor_slices(test),
+            train_map=train_map,
+            test_map=test_map,
+            num_classes=num_classes,
+            image_size=image_size,
+            train_examples=len(train[1]),
+            test_examples=len(test[1]),
+        )
+
 
 # ----------------------------------------------------------------------------- transforms
 
@@ -259,15 +281,8 @@ def _digits(image_size: int | None, train_subset: int | None) -> _Source:
     def test_map(image: Image) -> Image:
         return _normalize(_to_rgb(image), (mean,), (std,))
 
-    return _Source(
-        train=tf.data.Dataset.from_tensor_slices((x_train, y_train)),
-        test=tf.data.Dataset.from_tensor_slices((x_test, y_test)),
-        train_map=train_map,
-        test_map=test_map,
-        num_classes=10,
-        image_size=size,
-        train_examples=len(y_train),
-        test_examples=len(y_test),
+    return _Source.from_arrays(
+        (x_train, y_train), (x_test, y_test), train_map, test_map, num_classes=10, image_size=size
     )
 
 
@@ -368,15 +383,8 @@ def _fashion_mnist(data_dir: str | None, image_size: int | None, subset: int | N
     def test_map(image: Image) -> Image:
         return _normalize(_to_rgb(prepare(image)), (FASHION_MNIST_MEAN,), (FASHION_MNIST_STD,))
 
-    return _Source(
-        train=tf.data.Dataset.from_tensor_slices((x_train, y_train)),
-        test=tf.data.Dataset.from_tensor_slices((x_test, y_test)),
-        train_map=train_map,
-        test_map=test_map,
-        num_classes=10,
-        image_size=size,
-        train_examples=len(y_train),
-        test_examples=len(y_test),
+    return _Source.from_arrays(
+        (x_train, y_train), (x_test, y_test), train_map, test_map, num_classes=10, image_size=size
     )
 
 

@@ -67,7 +67,10 @@ class TrainingState(tf.keras.callbacks.Callback):
         Returns:
             The number of epochs already done.
         """
-        model.optimizer.build(model.trainable_variables)
+        # In the model's strategy scope: built outside it, the optimizer's slots would be
+        # plain variables that every replica of a MirroredStrategy updates in turn.
+        with model.distribute_strategy.scope():
+            model.optimizer.build(model.trainable_variables)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch)
         self._manager = tf.train.CheckpointManager(
             checkpoint, os.path.join(self.directory, "checkpoints"), self.max_to_keep

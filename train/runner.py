@@ -194,6 +194,17 @@ class Run:
             )
         return model, student
 
+    def skip_epochs(self, epochs: int) -> None:
+        """Puts `train_ds` at the data of epoch `epochs + 1`, for a resumed run.
+
+        Every iterator of `train_ds` draws a new shuffle order and new augmentation seeds
+        from the dataset's seeded generators, and `fit` makes one iterator before the first
+        epoch and one per epoch. Making (and dropping) one per epoch already done gives the
+        resumed epochs the data they had in an uninterrupted run (not epoch 1's again).
+        """
+        for _ in range(epochs):
+            iter(self.train_ds)
+
     def stage_dir(self, stage: int) -> str:
         return os.path.join(self.config.model_dir, f"stage{stage}")
 
@@ -304,6 +315,7 @@ class Run:
                 tf.keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs"), profile_batch=0)
             )
         if initial_epoch < config.epochs:
+            self.skip_epochs(initial_epoch)
             model.fit(
                 self.train_ds,
                 epochs=config.epochs,

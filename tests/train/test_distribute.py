@@ -1,0 +1,554 @@
+"""Scale out and survive: tf.distribute strategies, multi-worker, resume, NaN, mixed precision.
+
+Each property goes through the training program's own code path: `train.main.main` in this
+process (where tests/conftest.py gives two logical CPU devices), or `python train/main.py`
+as subprocesses (one CPU device each) where the test needs real processes: two workers of a
+multi-worker cluster, or a run killed with SIGKILL and resumed.
+
+The runs use ReActNet-18 (no BN) with the CIFAR stem on 8x8 digits, the cheapest zoo model.
+"""
+
+import csv
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
+
+import larq_nobn
+from train import main as main_mod
+from train import outputs, runner
+from train.config import Config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL = ["--model=reactnet18_nobn", "--stem=cifar", "--image_size=8"]
+# A few optimizer steps on a fixed subset of the digits, fully reproducible.
+TINY = [*MODEL, "--dataset=digits", "--stages=1", "--train_subset=64", "--batch_size=16"]
+TINY += ["--deterministic", "--seed=3", "--verbose=0"]
+SUBPROCESS_TIMEOUT = 300
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True)
+def _reset_global_state():
+    """A run sets the global dtype policy and op determinism; later tests must not see them."""
+    yield
+    tf.keras.mixed_precision.set_global_policy("float32")
+    tf_config.disable_op_determinism()
+    main_mod.FLAGS.unparse_flags()
+
+
+def run_main(*args: str) -> int:
+    """Parses `args` as the program's flags and runs `main` in this process."""
+    main_mod.FLAGS.unparse_flags()
+    try:
+        main_mod.FLAGS(["main.py", *args])
+        return main_mod.main(["main.py"])
+    finally:
+        main_mod.FLAGS.unparse_flags()
+        tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def snapshot(directory) -> dict:
+    """Every path under `directory` with its size, mtime and contents."""
+    result = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            content = open(path, "rb").read() if os.path.isfile(path) else None
+            result[os.path.relpath(path, directory)] = (stat.st_size, stat.st_mtime_ns, content)
+    return result
+
+
+def files_under(directory) -> set[str]:
+    return {
+        os.path.relpath(os.path.join(root, name), directory)
+        for root, _, files in os.walk(directory)
+        for name in files
+    }
+
+
+def error_line(capsys) -> str:
+    """The only line written to stderr, which must be an `error: ...` line."""
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def saved_weights(model_dir) -> list[np.ndarray]:
+    path = os.path.join(model_dir, "model.keras")
+    return tf.keras.models.load_model(path, compile=False).get_weights()
+
+
+def history_epochs(stage_dir) -> list[int]:
+    with open(os.path.join(stage_dir, "history.csv"), newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def read_history(stage_dir) -> list[dict]:
+    with open(os.path.join(stage_dir, "history.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def checkpoint_tensors(path) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(path)
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    }
+
+
+def optimizer_iterations(model_dir) -> int:
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "stage1", "checkpoints"))
+    tensors = checkpoint_tensors(latest)
+    (value,) = [v for k, v in tensors.items() if k.startswith("optimizer/") and "iter" in k]
+    return int(value)
+
+
+def program_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", runner.TEST_FAULT_ENV)}
+    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def start_program(args, log_path, **env) -> subprocess.Popen:
+    """`python train/main.py args` in the background, stdout and stderr into `log_path`."""
+    log = open(log_path, "w")
+    return subprocess.Popen(
+        [sys.executable, os.path.join("train", "main.py"), *args],
+        cwd=REPO,
+        env=program_env(**env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def finish(process: subprocess.Popen, log_path) -> str:
+    """Waits for `process` (killing it on timeout) and returns its output."""
+    try:
+        process.wait(timeout=SUBPROCESS_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    with open(log_path) as f:
+        return f.read()
+
+
+def digest_line(output: str) -> str:
+    (line,) = [line for line in output.splitlines() if line.startswith("final weights sha256 ")]
+    return line.split()[-1]
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+# ----------------------------------------------------------------------------- 1. mirrored
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+    """A finished single-device run: (model_dir, its snapshot)."""
+    model_dir = str(tmp_path_factory.mktemp("one_device"))
+    tf.keras.backend.clear_session()
+    code = run_main(*TINY, "--epochs=1", "--strategy=one_device", f"--model_dir={model_dir}")
+    tf_config.disable_op_determinism()
+    assert code == 0
+    return model_dir
+
+
+def test_mirrored_on_two_devices_matches_one_device(one_device_run, tmp_path, capsys):
+    """Two replicas with half a batch each, AGC on, end with the one-device weights."""
+    assert len(tf.config.list_logical_devices("CPU")) == 2
+    mirrored = str(tmp_path / "mirrored")
+    assert run_main(*TINY, "--epochs=1", "--strategy=mirrored", f"--model_dir={mirrored}") == 0
+    assert re.search(r"replicas +2\n", capsys.readouterr().out)
+    assert json.load(open(os.path.join(mirrored, "config.json")))["agc_clip"] > 0
+    # Both took the same 4 steps (64 examples / 16), so neither run is vacuous.
+    assert optimizer_iterations(one_device_run) == optimizer_iterations(mirrored) == 4
+    single, double = saved_weights(one_device_run), saved_weights(mirrored)
+    assert [w.shape for w in single] == [w.shape for w in double]
+    for a, b in zip(single, double, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- 4. finished
+
+
+def test_finished_run_is_not_retrained(one_device_run, capsys):
+    before = snapshot(one_device_run)
+    code = run_main(*TINY, "--epochs=1", "--strategy=one_device", f"--model_dir={one_device_run}")
+    assert code == 2
+    assert "finished" in error_line(capsys)
+    assert snapshot(one_device_run) == before
+
+
+# ----------------------------------------------------------------------------- 8. bad input
+
+
+@pytest.fixture
+def marked_dir(tmp_path):
+    """An existing --model_dir with a marker file: a refused run must not touch it."""
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "marker.txt").write_text("keep me")
+    return str(model_dir)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--strategy=parameter_server"], "unknown --strategy 'parameter_server'"),
+        (["--mixed_precision=float16"], "unknown --mixed_precision 'float16'"),
+        # conftest gives this process 2 logical CPU devices: 3 examples cannot be split.
+        (["--strategy=mirrored", "--batch_size=3"], "does not divide across 2 replicas"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(flags, message, marked_dir, capsys):
+    before = snapshot(marked_dir)
+    assert run_main(*TINY, "--epochs=1", f"--model_dir={marked_dir}", *flags) == 2
+    assert message in error_line(capsys)
+    assert snapshot(marked_dir) == before
+
+
+@pytest.mark.parametrize(
+    "tf_config_value",
+    [
+        None,
+        "",
+        "not json",
+        json.dumps({"cluster": {}}),
+        json.dumps({"cluster": {"ps": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}),
+        json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}),  # no task
+        json.dumps(
+            {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}}
+        ),
+        json.dumps(["127.0.0.1:1"]),
+    ],
+)
+def test_multi_worker_without_usable_tf_config(tf_config_value, marked_dir, capsys, monkeypatch):
+    if tf_config_value is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config_value)
+    before = snapshot(marked_dir)
+    args = [*TINY, "--epochs=1", "--strategy=multi_worker", f"--model_dir={marked_dir}"]
+    assert run_main(*args) == 2
+    assert "--strategy multi_worker needs TF_CONFIG" in error_line(capsys)
+    assert snapshot(marked_dir) == before
+
+
+# ----------------------------------------------------------------------------- 5. NaN
+
+
+def test_nan_stops_with_exit_1_and_a_loadable_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    model_dir = str(tmp_path / "run")
+    monkeypatch.setenv(runner.TEST_FAULT_ENV, "nan_at_epoch:2")
+    code = run_main(*TINY, "--epochs=2", "--strategy=one_device", f"--model_dir={model_dir}")
+    assert code == 1
+    line = error_line(capsys)
+    assert "NaN" in line and "epoch 2" in line
+    checkpoint = line.split("last good checkpoint is ")[-1]
+    assert checkpoint == os.path.join(model_dir, "stage1", "checkpoints", "ckpt-1")
+    assert tf.train.latest_checkpoint(os.path.dirname(checkpoint)) == checkpoint
+    tensors = checkpoint_tensors(checkpoint)
+    assert int(tensors["epoch/.ATTRIBUTES/VARIABLE_VALUE"]) == 1
+    floats = {k: v for k, v in tensors.items() if np.issubdtype(v.dtype, np.floating)}
+    assert any(k.startswith("model/") for k in floats)
+    for name, value in floats.items():
+        assert np.all(np.isfinite(value)), name
+    # The NaN epoch left no history row, and the checkpoint restores into the program's
+    # model: rerun without the fault, the run resumes after epoch 1 and finishes.
+    assert history_epochs(os.path.join(model_dir, "stage1")) == [1]
+    assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+    monkeypatch.delenv(runner.TEST_FAULT_ENV)
+    code = run_main(*TINY, "--epochs=2", "--strategy=one_device", f"--model_dir={model_dir}")
+    assert code == 0
+    assert "Resuming stage 1 after epoch 1" in capsys.readouterr().out
+    assert history_epochs(os.path.join(model_dir, "stage1")) == [1, 2]
+
+
+# ----------------------------------------------------------------------------- 7. precision
+
+
+def test_mixed_bfloat16_trains_on_cpu_with_a_float32_classifier(tmp_path):
+    model_dir = str(tmp_path / "run")
+    args = [*MODEL, "--dataset=digits", "--stages=1", "--train_subset=128", "--batch_size=32"]
+    args += ["--epochs=2", "--learning_rate=2e-3", "--seed=1", "--verbose=0"]
+    code = run_main(*args, "--mixed_precision=mixed_bfloat16", f"--model_dir={model_dir}")
+    assert code == 0
+    losses = [float(row["loss"]) for row in read_history(os.path.join(model_dir, "stage1"))]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    model = tf.keras.models.load_model(os.path.join(model_dir, "model.keras"), compile=False)
+    assert model.layers[-1].name == "fc"
+    assert model.layers[-2].compute_dtype == "bfloat16"  # the network runs in bfloat16 ...
+    assert model.layers[-1].compute_dtype == "float32"  # ... but the logits are float32
+    assert model.outputs[0].dtype == tf.float32
+    assert model(np.zeros((2, 8, 8, 3), np.float32)).dtype == tf.float32
+    for weight in model.weights:
+        assert weight.dtype == tf.float32, weight.name  # variables stay float32
+
+
+def test_mixed_float16_wraps_agc_in_a_loss_scale_optimizer():
+    """The loss scale optimizer unscales the gradients before AGC sees them."""
+    config = Config(
+        model="reactnet18_nobn",
+        stem="cifar",
+        image_size=8,
+        dataset="digits",
+        stages=(1,),
+        epochs=1,
+        train_subset=64,
+        batch_size=16,
+        strategy="one_device",
+        mixed_precision="mixed_float16",
+    ).resolved()
+    model, student = runner.Run(config).build(1)
+    assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+    agc = model.optimizer.inner_optimizer
+    assert isinstance(agc, larq_nobn.AGC)
+    assert agc.clip_factor == config.agc_clip
+    assert student.layers[-1].compute_dtype == "float32"
+
+
+# ----------------------------------------------------------------------------- 6. checkpoints
+
+
+def _tiny_state(directory, seed: int):
+    tf.keras.utils.set_random_seed(seed)
+    model = tf.keras.Sequential([tf.keras.layers.Dense(3, input_shape=(2,))])
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.1), loss="mse")
+    state = outputs.TrainingState(str(directory))
+    done = state.attach(model)
+    state.set_model(model)
+    return model, state, done
+
+
+def test_leftovers_of_an_interrupted_checkpoint_write_do_not_break_resume(tmp_path):
+    model, state, done = _tiny_state(tmp_path, seed=1)
+    assert done == 0
+    state.on_epoch_end(0, {"loss": 1.0})
+    saved = model.get_weights()
+    # What a kill in the middle of saving ckpt-2 leaves: shards in the temporary directory,
+    # a data file without an index, a half-written state-file temp.
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "ckpt-2_temp").mkdir()
+    (checkpoints / "ckpt-2_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(
+        b"\x00garbage"
+    )
+    (checkpoints / "ckpt-2.data-00000-of-00001").write_bytes(b"\x00garbage")
+    (checkpoints / "checkpoint.tmp1234abcd").write_text('model_checkpoint_path: "ck')
+    model, state, done = _tiny_state(tmp_path, seed=2)
+    assert done == 1
+    assert state.latest_checkpoint == str(checkpoints / "ckpt-1")
+    for a, b in zip(model.get_weights(), saved, strict=True):
+        np.testing.assert_array_equal(a, b)
+    state.on_epoch_end(1, {"loss": 0.5})  # saving ckpt-2 over the leftovers works
+    _, state, done = _tiny_state(tmp_path, seed=3)
+    assert done == 2 and state.history() == [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}]
+
+
+class _Killed(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("dies_in", ["_write_history", "save"])
+def test_a_kill_between_history_and_checkpoint_neither_repeats_nor_skips(tmp_path, dies_in):
+    """Whichever of the two writes of an epoch end a kill interrupts, a resumed run's history
+    is exactly the epochs of its latest checkpoint."""
+    model, state, _ = _tiny_state(tmp_path, seed=1)
+    state.on_epoch_end(0, {"loss": 1.0})
+    target = state if dies_in == "_write_history" else state._manager
+
+    def die(*args, **kwargs):
+        raise _Killed
+
+    setattr(target, dies_in, die)
+    with pytest.raises(_Killed):
+        state.on_epoch_end(1, {"loss": 0.5})
+    _, state, done = _tiny_state(tmp_path, seed=2)
+    assert [row["epoch"] for row in state.history()] == list(range(1, done + 1))
+
+
+# ----------------------------------------------------------------------------- 3. resume
+
+
+def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path):
+    """A run killed with SIGKILL after its first checkpoint resumes from it and ends with
+    epochs 1..3 in its history, each once."""
+    args = [*MODEL, "--dataset=digits", "--stages=1", "--train_subset=256", "--batch_size=32"]
+    args += ["--epochs=3", "--deterministic", "--seed=5", "--verbose=0"]
+    killed = str(tmp_path / "killed")
+    victim = start_program([*args, f"--model_dir={killed}"], tmp_path / "killed.log")
+    # The state file appears with the first checkpoint (epoch 1's, after its history row).
+    state_file = os.path.join(killed, "stage1", "checkpoints", "checkpoint")
+    deadline = time.time() + SUBPROCESS_TIMEOUT
+    try:
+        while victim.poll() is None and time.time() < deadline:
+            if os.path.exists(state_file):
+                victim.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        if victim.poll() is None and time.time() >= deadline:
+            victim.kill()
+    log = finish(victim, tmp_path / "killed.log")
+    assert victim.returncode == -signal.SIGKILL, f"finished before the kill:\n{log}"
+    assert not os.path.exists(os.path.join(killed, "metrics.json"))
+    done = history_epochs(os.path.join(killed, "stage1"))
+    assert done in ([1], [1, 2]), done  # killed in epoch 2 (or right after its end)
+
+    resumed = start_program([*args, f"--model_dir={killed}"], tmp_path / "resumed.log")
+    log = finish(resumed, tmp_path / "resumed.log")
+    assert resumed.returncode == 0, log
+    assert re.search(r"Resuming stage 1 after epoch [12] ", log), log
+    assert history_epochs(os.path.join(killed, "stage1")) == [1, 2, 3]
+    metrics = json.load(open(os.path.join(killed, "metrics.json")))
+    assert metrics["stages"]["1"]["epochs"] == 3
+    assert optimizer_iterations(killed) == 3 * 256 // 32
+
+
+class _LabelRecorder(tf.keras.Model):
+    """A one-weight model whose (eager) train step records every batch (images, labels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = tf.keras.layers.Dense(1)
+        self.batches: list[np.ndarray] = []
+
+    def call(self, x):
+        return self.dense(tf.reshape(x, [tf.shape(x)[0], -1])[:, :1])
+
+    def train_step(self, data):
+        images, labels = data
+        self.batches.append(np.concatenate([images.numpy().ravel(), labels.numpy()]))
+        return {}
+
+
+def _epoch_data(run: runner.Run, epochs: int, initial_epoch: int = 0) -> list[np.ndarray]:
+    model = _LabelRecorder()
+    model.compile(optimizer="sgd", run_eagerly=True)
+    run.skip_epochs(initial_epoch)
+    model.fit(run.train_ds, epochs=epochs, initial_epoch=initial_epoch, verbose=0)
+    steps = run.steps_per_epoch
+    return [
+        np.concatenate(model.batches[i : i + steps]) for i in range(0, len(model.batches), steps)
+    ]
+
+
+def test_a_resumed_run_sees_the_data_of_an_uninterrupted_one():
+    """`fit` from `initial_epoch=2` after `Run.skip_epochs(2)` (what a resumed run does)
+    gets epoch 3's shuffle order and augmentation, not epoch 1's again.
+
+    The weights of a resumed run cannot be compared bit for bit with an uninterrupted
+    run's: two uninterrupted runs in two processes already differ in the last bits, and the
+    binary activations amplify that within an epoch, as much as a wrong data order would.
+    """
+    config = Config(
+        model="reactnet18_nobn",
+        stem="cifar",
+        image_size=8,
+        dataset="digits",
+        stages=(1,),
+        epochs=3,
+        train_subset=64,
+        batch_size=16,
+        strategy="one_device",
+        seed=5,
+    ).resolved()
+    whole = _epoch_data(runner.Run(config), epochs=3)
+    assert len(whole) == 3 and not np.array_equal(whole[0], whole[2])  # reshuffled
+    resumed = _epoch_data(runner.Run(config), epochs=3, initial_epoch=2)
+    assert len(resumed) == 1
+    np.testing.assert_array_equal(resumed[0], whole[2])
+    without_skip = runner.Run(config)
+    without_skip.skip_epochs = lambda epochs: None
+    assert not np.array_equal(_epoch_data(without_skip, 3, initial_epoch=2)[0], whole[2])
+
+
+# ----------------------------------------------------------------------------- 2. workers
+
+
+def test_two_workers_agree_and_only_the_chief_writes(tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    model_dir = str(tmp_path / "run")
+    args = [*TINY, "--epochs=2", "--strategy=multi_worker", f"--model_dir={model_dir}"]
+    workers, scratch = [], []
+    for index in range(2):
+        tmp = tmp_path / f"tmp{index}"  # each worker's TMPDIR, where a non-chief's scratch goes
+        tmp.mkdir()
+        scratch.append(tmp)
+        tf_config_value = json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        )
+        workers.append(
+            start_program(
+                args, tmp_path / f"worker{index}.log", TF_CONFIG=tf_config_value, TMPDIR=str(tmp)
+            )
+        )
+    logs = [finish(worker, tmp_path / f"worker{i}.log") for i, worker in enumerate(workers)]
+    for worker, log in zip(workers, logs, strict=True):
+        assert worker.returncode == 0, log
+        assert re.search(r"replicas +2\n", log)
+
+    # Both end with the same weights: the chief's model.keras is the non-chief's model too.
+    chief_digest, other_digest = digest_line(logs[0]), digest_line(logs[1])
+    assert chief_digest == other_digest
+    model = tf.keras.models.load_model(os.path.join(model_dir, "model.keras"), compile=False)
+    assert outputs.weights_sha256(model) == chief_digest
+    assert optimizer_iterations(model_dir) == 2 * 64 // 16
+
+    # One set of outputs, the chief's: two checkpoints, one history with epochs 1..2, one
+    # event file per TensorBoard run, no temporary files; the non-chief's scratch is gone.
+    files = files_under(model_dir)
+    stage = "stage1/"
+    assert {f for f in files if not f.startswith(stage)} == {
+        "config.json",
+        "metrics.json",
+        "model.keras",
+        "curves.png",
+    }
+    stage_files = {f[len(stage) :] for f in files if f.startswith(stage)}
+    checkpoint_files = {f for f in stage_files if f.startswith("checkpoints/")}
+    assert checkpoint_files == {
+        "checkpoints/checkpoint",
+        "checkpoints/ckpt-1.index",
+        "checkpoints/ckpt-1.data-00000-of-00001",
+        "checkpoints/ckpt-2.index",
+        "checkpoints/ckpt-2.data-00000-of-00001",
+    }
+    log_files = sorted(f for f in stage_files if f.startswith("logs/"))
+    assert [os.path.dirname(f) for f in log_files] == ["logs/train", "logs/validation"], log_files
+    assert stage_files - checkpoint_files - set(log_files) == {
+        "history.csv",
+        "metrics.json",
+        "model.keras",
+        "model.weights.h5",
+    }
+    assert history_epochs(os.path.join(model_dir, "stage1")) == [1, 2]
+    assert "Everything is in" in logs[0] and "Everything is in" not in logs[1]
+    assert os.listdir(scratch[1]) == []

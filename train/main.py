@@ -34,13 +34,13 @@ flags.DEFINE_integer("batch_size", None, "global batch size (default per dataset
 flags.DEFINE_float("learning_rate", recipe.LEARNING_RATE, "Adam, decayed linearly to 0")
 flags.DEFINE_float("weight_decay", None, "L2 on conv kernels (default 1e-5 stage 1, 0 stage 2)")
 flags.DEFINE_float("agc_clip", recipe.AGC_CLIP, "AGC clip factor; 0 disables AGC")
-flags.DEFINE_enum("loss", "ce", list(recipe.LOSSES), "ce, ls (label smoothing 0.1) or kd")
+flags.DEFINE_string("loss", "ce", "ce, ls (label smoothing 0.1) or kd (needs --teacher)")
 flags.DEFINE_string("teacher", None, "saved Keras model used as teacher by --loss kd")
 flags.DEFINE_string("init_from", None, "weights to start the first stage from")
 flags.DEFINE_integer("seed", 0, "seed of initialization, shuffling and augmentation")
 flags.DEFINE_integer("train_subset", None, "train on the first N examples only")
 flags.DEFINE_integer("image_size", None, "resize images to this size")
-flags.DEFINE_enum("stem", "imagenet", ["imagenet", "cifar"], "ReActNet-18 stem")
+flags.DEFINE_string("stem", "imagenet", "ReActNet-18 stem: imagenet (the reference's) or cifar")
 # Strings, not enums: Config checks them, so a bad value is a one-line error with exit code 2
 # (absl rejects a bad enum value itself, with exit code 1).
 flags.DEFINE_string("strategy", "auto", f"tf.distribute strategy: {', '.join(STRATEGIES)}")

@@ -106,6 +106,8 @@ def _bad_inputs():
         ("stages", ["--stages=3"], ["--stages"], {}),
         ("stages_order", ["--stages=2,1"], ["--stages", "increasing"], {}),
         ("stages_text", ["--stages=one"], ["--stages", "one"], {}),
+        ("loss", ["--loss=mse"], ["--loss", "'mse'", "kd"], {}),
+        ("stem", ["--stem=tiny"], ["--stem", "'tiny'"], {}),
         ("kd_no_teacher", ["--loss=kd"], ["--loss kd", "--teacher"], {}),
         (
             "missing_teacher",

@@ -24,6 +24,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
 import larq_nobn
+from tests.train.program import run_main, snapshot
 from train import main as main_mod
 from train import outputs, runner
 from train.config import Config
@@ -46,29 +47,6 @@ def _reset_global_state():
     tf.keras.mixed_precision.set_global_policy("float32")
     tf_config.disable_op_determinism()
     main_mod.FLAGS.unparse_flags()
-
-
-def run_main(*args: str) -> int:
-    """Parses `args` as the program's flags and runs `main` in this process."""
-    main_mod.FLAGS.unparse_flags()
-    try:
-        main_mod.FLAGS(["main.py", *args])
-        return main_mod.main(["main.py"])
-    finally:
-        main_mod.FLAGS.unparse_flags()
-        tf.keras.mixed_precision.set_global_policy("float32")
-
-
-def snapshot(directory) -> dict:
-    """Every path under `directory` with its size, mtime and contents."""
-    result = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            stat = os.stat(path)
-            content = open(path, "rb").read() if os.path.isfile(path) else None
-            result[os.path.relpath(path, directory)] = (stat.st_size, stat.st_mtime_ns, content)
-    return result
 
 
 def files_under(directory) -> set[str]:

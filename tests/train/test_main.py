@@ -6,7 +6,6 @@ cores.
 """
 
 import csv
-import hashlib
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import zoo
+from tests.train.program import run_main, snapshot
 from train import data
 from train import main as main_mod
 
@@ -28,31 +28,6 @@ FAST += ["--train_subset=64", "--image_size=8", "--verbose=0"]
 # The end-to-end run: learns the digits to ~0.8 test accuracy in 2 epochs (~50 s).
 TRAINED = [*MODEL, "--dataset=digits", "--stages=1", "--epochs=2", "--batch_size=32"]
 TRAINED += ["--train_subset=512", "--image_size=16", "--verbose=0"]
-
-
-def run_main(*args: str) -> int:
-    """Parses `args` as the program's flags and runs `main` in this process."""
-    main_mod.FLAGS.unparse_flags()
-    try:
-        main_mod.FLAGS(["main.py", *args])
-        return main_mod.main(["main.py"])
-    finally:
-        main_mod.FLAGS.unparse_flags()
-
-
-def snapshot(directory) -> dict:
-    """Every file under `directory`: size, mtime and (below 1 MB) a hash of its contents."""
-    result = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            stat = os.stat(path)
-            digest = None
-            if os.path.isfile(path) and stat.st_size < 2**20:
-                with open(path, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-            result[os.path.relpath(path, directory)] = (stat.st_size, stat.st_mtime_ns, digest)
-    return result
 
 
 def error_line(capsys) -> str:

@@ -1,6 +1,7 @@
 """Runs the configured stages: strategy, data, model, optimizer, fit, outputs."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -159,6 +160,16 @@ class Run:
             **self.config.model_kwargs(),
         )
 
+    def export_tflite(self, student: tf.keras.Model, path: str) -> None:
+        """The final model as a larq-compute-engine flatbuffer (WS folded into the kernels)."""
+        from larq_nobn import export
+
+        flatbuffer = export.convert(student)
+        with open(path, "wb") as f:
+            f.write(flatbuffer)
+        counts = export.op_counts(flatbuffer)
+        print(f"TFLite model: {path} ({counts['LceBconv2d']} binary convolutions)")
+
     def save_student(self, student: tf.keras.Model, stage: int, directory: str) -> None:
         """`model.keras` and `model.weights.h5` of the trained student, without optimizer.
 
@@ -211,6 +222,8 @@ class Run:
     def preflight(self) -> None:
         """Every check that can fail on bad input, before --model_dir is touched."""
         config = self.config
+        if config.export_tflite and importlib.util.find_spec("larq_compute_engine") is None:
+            raise ConfigError("--export_tflite needs larq-compute-engine: pip install -e '.[lce]'")
         finished = outputs.read_json(os.path.join(config.model_dir, "metrics.json"))
         if finished is not None:
             raise ConfigError(
@@ -269,6 +282,8 @@ class Run:
                 os.path.join(last, "model.keras"), os.path.join(config.model_dir, "model.keras")
             )
             outputs.plot_curves(histories, os.path.join(config.model_dir, "curves.png"))
+            if config.export_tflite:
+                self.export_tflite(student, os.path.join(config.model_dir, "model.tflite"))
             outputs.write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
             print(f"\ntest_accuracy {final['test_accuracy']:.4f}")
             print(f"Everything is in {config.model_dir}:")

@@ -309,3 +309,16 @@ def test_knowledge_distillation_run(tmp_path):
     student = tf.keras.models.load_model(os.path.join(model_dir, "model.keras"))
     assert student.name == "reactnet18_nobn"
     assert student.output_shape == (None, 10)
+
+
+def test_export_tflite_writes_a_binary_flatbuffer(tmp_path):
+    pytest.importorskip("larq_compute_engine")
+    from larq_nobn import export
+
+    model_dir = str(tmp_path / "run")
+    flags = [*MODEL, "--dataset=digits", "--stages=2", "--epochs=1", "--batch_size=32"]
+    flags += ["--train_subset=64", "--image_size=8", "--verbose=0", "--export_tflite"]
+    assert run_main(*flags, f"--model_dir={model_dir}") == 0
+    with open(os.path.join(model_dir, "model.tflite"), "rb") as f:
+        flatbuffer = f.read()
+    assert export.op_counts(flatbuffer)["LceBconv2d"] == 16

@@ -42,7 +42,12 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         devices = gpus or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
+        # On CPUs, reduce through one device: the default collective all-reduce has
+        # process-wide instance keys that collide between strategies built in one process.
+        cross_device_ops = None if gpus else tf.distribute.ReductionToOneDevice()
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in devices], cross_device_ops=cross_device_ops
+        )
     return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0].name)
 
 

@@ -451,7 +451,9 @@ def _train_in(strategy, clip_factor):
 
 
 def test_mirrored_two_replicas_matches_one_device():
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
     assert mirrored.num_replicas_in_sync == 2
     one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
 

@@ -214,7 +214,9 @@ def test_distillation_loss_and_frozen_teacher(mirrored):
     x = rng.normal(size=(16, 6)).astype(np.float32)
     y = rng.integers(0, 10, size=16).astype(np.int32)
     strategy = (
-        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        tf.distribute.MirroredStrategy(
+            ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+        )
         if mirrored
         else tf.distribute.get_strategy()
     )

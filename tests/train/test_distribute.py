@@ -158,6 +158,21 @@ def one_device_run(tmp_path_factory):
     return model_dir
 
 
+def tiny_config(**overrides) -> Config:
+    """A one-stage ReActNet-18 on 64 digits of 8x8 pixels, on one device."""
+    settings = dict(
+        model="reactnet18_nobn",
+        stem="cifar",
+        image_size=8,
+        dataset="digits",
+        stages=(1,),
+        train_subset=64,
+        batch_size=16,
+        strategy="one_device",
+    )
+    return Config(**{**settings, **overrides}).resolved()
+
+
 def test_mirrored_on_two_devices_matches_one_device(one_device_run, tmp_path, capsys):
     """Two replicas with half a batch each, AGC on, end with the one-device weights."""
     assert len(tf.config.list_logical_devices("CPU")) == 2
@@ -292,18 +307,7 @@ def test_mixed_bfloat16_trains_on_cpu_with_a_float32_classifier(tmp_path):
 
 def test_mixed_float16_wraps_agc_in_a_loss_scale_optimizer():
     """The loss scale optimizer unscales the gradients before AGC sees them."""
-    config = Config(
-        model="reactnet18_nobn",
-        stem="cifar",
-        image_size=8,
-        dataset="digits",
-        stages=(1,),
-        epochs=1,
-        train_subset=64,
-        batch_size=16,
-        strategy="one_device",
-        mixed_precision="mixed_float16",
-    ).resolved()
+    config = tiny_config(epochs=1, mixed_precision="mixed_float16")
     model, student = runner.Run(config).build(1)
     assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
     agc = model.optimizer.inner_optimizer
@@ -445,18 +449,7 @@ def test_a_resumed_run_sees_the_data_of_an_uninterrupted_one():
     run's: two uninterrupted runs in two processes already differ in the last bits, and the
     binary activations amplify that within an epoch, as much as a wrong data order would.
     """
-    config = Config(
-        model="reactnet18_nobn",
-        stem="cifar",
-        image_size=8,
-        dataset="digits",
-        stages=(1,),
-        epochs=3,
-        train_subset=64,
-        batch_size=16,
-        strategy="one_device",
-        seed=5,
-    ).resolved()
+    config = tiny_config(epochs=3, seed=5)
     whole = _epoch_data(runner.Run(config), epochs=3)
     assert len(whole) == 3 and not np.array_equal(whole[0], whole[2])  # reshuffled
     resumed = _epoch_data(runner.Run(config), epochs=3, initial_epoch=2)

@@ -61,13 +61,13 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def _load_weights(student: tf.keras.Model, donor: tf.keras.Model, path: str, what: str) -> None:
-    """Copies the model weights saved at `path` into `student`, or says why they don't fit.
+def _read_weights(donor: tf.keras.Model, path: str, what: str) -> list:
+    """The model weights saved at `path`, checked against `donor`'s architecture.
 
-    `path` is a `.keras` model, a `.weights.h5` file or a TF checkpoint. They are read into
-    `donor`, an uncompiled model of the same architecture, and copied from there: weights
-    files of compiled models also hold optimizer state (iterations, slots), which must not
-    leak into the new run's optimizer.
+    `path` is a `.keras` model, a `.weights.h5` file or a TF checkpoint; the others are read
+    into `donor`, an uncompiled model of the same architecture: weights files of compiled
+    models also hold optimizer state (iterations, slots), which must not leak into the new
+    run's optimizer. Raises ConfigError saying why the weights do not fit.
     """
     try:
         if path.endswith(".keras"):
@@ -80,12 +80,12 @@ def _load_weights(student: tf.keras.Model, donor: tf.keras.Model, path: str, wha
             if status is not None:
                 status.expect_partial().assert_existing_objects_matched()
             weights = donor.get_weights()
-        if [w.shape for w in weights] != [w.shape for w in student.weights]:
+        if [w.shape for w in weights] != [w.shape for w in donor.weights]:
             raise ValueError("its weights have other shapes")
-        student.set_weights(weights)
+        return weights
     except (ValueError, AssertionError, tf.errors.OpError, OSError) as error:
         reason = str(error).strip().splitlines()[0][:200]
-        raise ConfigError(f"{what} {path} does not fit --model {student.name}: {reason}") from None
+        raise ConfigError(f"{what} {path} does not fit --model {donor.name}: {reason}") from None
 
 
 TEST_FAULT_ENV = "LARQ_NOBN_TEST_FAULT"
@@ -138,6 +138,7 @@ class Run:
         self.test_ds = self.test_ds.with_options(options)
         self.steps_per_epoch = self.info.train_examples // config.batch_size
         self.teacher = None
+        self.init_weights: list | None = None  # --init_from, read by preflight
         if config.loss == "kd":
             self.teacher = self._load_teacher()
 
@@ -187,8 +188,8 @@ class Run:
         copy.save(os.path.join(directory, "model.keras"))
         copy.save_weights(os.path.join(directory, "model.weights.h5"))
 
-    def load_weights(self, student: tf.keras.Model, stage: int, path: str, what: str) -> None:
-        _load_weights(student, self.student(stage), path, what)
+    def read_weights(self, stage: int, path: str, what: str) -> list:
+        return _read_weights(self.student(stage), path, what)
 
     def build(self, stage: int) -> tuple[tf.keras.Model, tf.keras.Model]:
         """(trained model, student) of a stage, compiled inside the strategy scope."""
@@ -245,7 +246,8 @@ class Run:
             )
         if config.init_from:
             stage = config.stages[0]
-            self.load_weights(self.student(stage), stage, config.init_from, "--init_from")
+            # Read (and checked) once, here, before anything is written; used by the stage.
+            self.init_weights = self.read_weights(stage, config.init_from, "--init_from")
 
     def config_json(self) -> dict:
         return {
@@ -306,7 +308,7 @@ class Run:
             state = outputs.TrainingState(stage_dir, write=False)
             student = self.student(stage)
             path = os.path.join(stage_dir, "model.weights.h5")
-            self.load_weights(student, stage, path, "stage")
+            student.set_weights(self.read_weights(stage, path, "stage"))
             print(f"\nStage {stage} finished earlier: test_accuracy {done['test_accuracy']:.4f}")
             return done, state.history(), student
 
@@ -320,8 +322,11 @@ class Run:
         state = outputs.TrainingState(scratch or stage_dir, write=self.chief)
         initial_epoch = state.attach(model)
         if initial_epoch == 0 and init_from:
-            what = "--init_from" if stage == config.stages[0] else "stage weights"
-            self.load_weights(student, stage, init_from, what)
+            if stage == config.stages[0] and self.init_weights is not None:
+                student.set_weights(self.init_weights)
+                self.init_weights = None
+            else:
+                student.set_weights(self.read_weights(stage, init_from, "stage weights"))
         elif initial_epoch:
             print(
                 f"Resuming stage {stage} after epoch {initial_epoch} from {state.latest_checkpoint}"

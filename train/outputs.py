@@ -48,13 +48,23 @@ class TrainingState(tf.keras.callbacks.Callback):
     Args:
         directory: where checkpoints and `history.csv` go.
         write: False on non-chief workers, which save to a scratch directory instead.
+        restore_from: the directory whose checkpoints `attach` restores (`directory` by
+            default); non-chief workers restore the chief's checkpoints.
         max_to_keep: checkpoints kept.
     """
 
-    def __init__(self, directory: str, write: bool = True, max_to_keep: int = 2):
+    def __init__(
+        self,
+        directory: str,
+        write: bool = True,
+        restore_from: str | None = None,
+        max_to_keep: int = 2,
+    ):
         super().__init__()
         self.directory = directory
         self.write = write
+        self.restore_from = restore_from or directory
+        self.restored: str | None = None  # the checkpoint `attach` restored, if any
         self.max_to_keep = max_to_keep
         self.history_path = os.path.join(directory, "history.csv")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -75,8 +85,9 @@ class TrainingState(tf.keras.callbacks.Callback):
         self._manager = tf.train.CheckpointManager(
             checkpoint, os.path.join(self.directory, "checkpoints"), self.max_to_keep
         )
-        if self._manager.latest_checkpoint:
-            checkpoint.restore(self._manager.latest_checkpoint).assert_existing_objects_matched()
+        self.restored = tf.train.latest_checkpoint(os.path.join(self.restore_from, "checkpoints"))
+        if self.restored:
+            checkpoint.restore(self.restored).assert_existing_objects_matched()
         done = int(self.epoch.numpy())
         rows = self.history()[:done]
         if self.write:

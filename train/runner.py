@@ -211,6 +211,27 @@ class Run:
             )
         return model, student
 
+    def check_workers_agree(self, epochs_done: int) -> None:
+        """Raises TrainingError unless every worker restored the same epoch.
+
+        Workers that restore different epochs (a --model_dir that is not one storage all
+        workers see) would otherwise train out of step, or wait for each other forever.
+        Every worker computes the same verdict, from the sum and the sum of squares of the
+        replicas' values (equal iff n * sum(x^2) == sum(x)^2).
+        """
+        strategy = self.strategy
+        if getattr(strategy, "cluster_resolver", None) is None:
+            return
+        value = tf.constant([epochs_done, epochs_done**2], tf.float64)
+        total = strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(value)), axis=None
+        ).numpy()
+        if strategy.num_replicas_in_sync * total[1] != total[0] ** 2:
+            raise TrainingError(
+                f"the workers restored different epochs (this one: {epochs_done}); "
+                "--model_dir must be one directory every worker can read"
+            )
+
     def skip_epochs(self, epochs: int) -> None:
         """Puts `train_ds` at the data of epoch `epochs + 1`, for a resumed run.
 
@@ -318,9 +339,14 @@ class Run:
             "binary activations"
         )
         lq.models.summary(student)
+        # Non-chief workers save to a scratch directory (saving is collective, writing is
+        # the chief's) and resume from the chief's checkpoints.
         scratch = None if self.chief else tempfile.mkdtemp()
-        state = outputs.TrainingState(scratch or stage_dir, write=self.chief)
+        state = outputs.TrainingState(
+            scratch or stage_dir, write=self.chief, restore_from=stage_dir
+        )
         initial_epoch = state.attach(model)
+        self.check_workers_agree(initial_epoch)
         if initial_epoch == 0 and init_from:
             if stage == config.stages[0] and self.init_weights is not None:
                 student.set_weights(self.init_weights)
@@ -328,9 +354,7 @@ class Run:
             else:
                 student.set_weights(self.read_weights(stage, init_from, "stage weights"))
         elif initial_epoch:
-            print(
-                f"Resuming stage {stage} after epoch {initial_epoch} from {state.latest_checkpoint}"
-            )
+            print(f"Resuming stage {stage} after epoch {initial_epoch} from {state.restored}")
         callbacks = [state, tf.keras.callbacks.TerminateOnNaN()]
         fault = os.environ.get(TEST_FAULT_ENV)
         if fault:

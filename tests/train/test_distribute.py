@@ -469,25 +469,32 @@ def test_a_resumed_run_sees_the_data_of_an_uninterrupted_one():
 # ----------------------------------------------------------------------------- 2. workers
 
 
-def test_two_workers_agree_and_only_the_chief_writes(tmp_path):
-    ports = free_ports(2)
+def start_cluster(tmp_path, args_per_worker: list[list[str]], tag: str) -> list:
+    """One `train/main.py` process per worker of a fresh 127.0.0.1 cluster, each with its
+    own TF_CONFIG and TMPDIR (where a non-chief's scratch goes); logs `{tag}{index}.log`."""
+    ports = free_ports(len(args_per_worker))
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    model_dir = str(tmp_path / "run")
-    args = [*TINY, "--epochs=2", "--strategy=multi_worker", f"--model_dir={model_dir}"]
-    workers, scratch = [], []
-    for index in range(2):
-        tmp = tmp_path / f"tmp{index}"  # each worker's TMPDIR, where a non-chief's scratch goes
+    workers = []
+    for index, args in enumerate(args_per_worker):
+        tmp = tmp_path / f"{tag}_tmp{index}"
         tmp.mkdir()
-        scratch.append(tmp)
         tf_config_value = json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}}
         )
-        workers.append(
-            start_program(
-                args, tmp_path / f"worker{index}.log", TF_CONFIG=tf_config_value, TMPDIR=str(tmp)
-            )
-        )
-    logs = [finish(worker, tmp_path / f"worker{i}.log") for i, worker in enumerate(workers)]
+        log = tmp_path / f"{tag}{index}.log"
+        workers.append(start_program(args, log, TF_CONFIG=tf_config_value, TMPDIR=str(tmp)))
+    return workers
+
+
+def finish_cluster(tmp_path, workers, tag: str) -> list[str]:
+    return [finish(worker, tmp_path / f"{tag}{i}.log") for i, worker in enumerate(workers)]
+
+
+def test_two_workers_agree_and_only_the_chief_writes(tmp_path):
+    model_dir = str(tmp_path / "run")
+    args = [*TINY, "--epochs=2", "--strategy=multi_worker", f"--model_dir={model_dir}"]
+    workers = start_cluster(tmp_path, [args, args], "worker")
+    logs = finish_cluster(tmp_path, workers, "worker")
     for worker, log in zip(workers, logs, strict=True):
         assert worker.returncode == 0, log
         assert re.search(r"replicas +2\n", log)
@@ -528,4 +535,44 @@ def test_two_workers_agree_and_only_the_chief_writes(tmp_path):
     }
     assert history_epochs(os.path.join(model_dir, "stage1")) == [1, 2]
     assert "Everything is in" in logs[0] and "Everything is in" not in logs[1]
-    assert os.listdir(scratch[1]) == []
+    assert os.listdir(tmp_path / "worker_tmp1") == []
+
+
+def test_killed_workers_resume_from_the_chiefs_checkpoint(tmp_path):
+    """Both workers killed after the chief's first checkpoint; rerun, the non-chief
+    restores the chief's checkpoint too, and the run ends with epochs 1..3 and both workers
+    on the same weights. A worker that cannot see the chief's --model_dir stops both."""
+    model_dir = str(tmp_path / "run")
+    args = [*TINY, "--epochs=3", "--strategy=multi_worker", f"--model_dir={model_dir}"]
+    workers = start_cluster(tmp_path, [args, args], "first")
+    state_file = os.path.join(model_dir, "stage1", "checkpoints", "checkpoint")
+    deadline = time.time() + SUBPROCESS_TIMEOUT
+    while not os.path.exists(state_file) and time.time() < deadline:
+        if any(worker.poll() is not None for worker in workers):
+            break
+        time.sleep(0.02)
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
+    logs = finish_cluster(tmp_path, workers, "first")
+    assert [w.returncode for w in workers] == [-signal.SIGKILL] * 2, logs
+    done = history_epochs(os.path.join(model_dir, "stage1"))
+    assert done in ([1], [1, 2]), done
+
+    # The non-chief's --model_dir is another (empty) directory: it restores nothing while
+    # the chief restores epoch 1 or 2. Both workers stop with the same message, exit 1.
+    elsewhere = [*args[:-1], f"--model_dir={tmp_path / 'elsewhere'}"]
+    workers = start_cluster(tmp_path, [args, elsewhere], "apart")
+    logs = finish_cluster(tmp_path, workers, "apart")
+    assert [w.returncode for w in workers] == [1, 1], logs
+    for log in logs:
+        assert "error: the workers restored different epochs" in log, log
+
+    workers = start_cluster(tmp_path, [args, args], "rerun")
+    logs = finish_cluster(tmp_path, workers, "rerun")
+    assert [w.returncode for w in workers] == [0, 0], logs
+    checkpoint = os.path.join(model_dir, "stage1", "checkpoints", f"ckpt-{done[-1]}")
+    for log in logs:
+        assert f"Resuming stage 1 after epoch {done[-1]} from {checkpoint}\n" in log, log
+    assert digest_line(logs[0]) == digest_line(logs[1])
+    assert history_epochs(os.path.join(model_dir, "stage1")) == [1, 2, 3]
+    assert optimizer_iterations(model_dir) == 3 * 64 // 16

@@ -7,7 +7,8 @@ import larq as lq
 import tensorflow as tf
 from larq import utils as lq_utils
 
-from larq_nobn.unitwise import scaled_standardize
+from larq_nobn.quantizers import MagnitudeAwareSteSign
+from larq_nobn.unitwise import scaled_standardize, scaled_ws_kernel
 
 
 @contextlib.contextmanager
@@ -44,10 +45,19 @@ class _StandardizedKernel:
 
     def __call__(self, latent_kernel):
         layer = self.layer
-        kernel = scaled_standardize(tf.convert_to_tensor(latent_kernel), layer.gamma, layer.eps)
-        if layer.kernel_quantizer is not None:
-            kernel = layer.kernel_quantizer(kernel)
-        return kernel * tf.cast(layer.gain, kernel.dtype)
+        latent_kernel = tf.convert_to_tensor(latent_kernel)
+        gain = tf.convert_to_tensor(layer.gain)
+        quantizer = layer.kernel_quantizer
+        # The real-valued and the reference's binary kernel have a fused implementation;
+        # any other quantizer is applied to the standardized kernel.
+        if quantizer is None:
+            return scaled_ws_kernel(latent_kernel, gain, layer.gamma, layer.eps)
+        if type(quantizer) is MagnitudeAwareSteSign and not quantizer._custom_metrics:
+            return scaled_ws_kernel(
+                latent_kernel, gain, layer.gamma, layer.eps, binary_clip=quantizer.clip_value
+            )
+        kernel = quantizer(scaled_standardize(latent_kernel, layer.gamma, layer.eps))
+        return kernel * tf.cast(gain, kernel.dtype)
 
 
 @lq_utils.register_keras_custom_object
@@ -103,6 +113,8 @@ class ScaledWSQuantConv2D(lq.layers.QuantConv2D):
     ):
         if eps < 0:
             raise ValueError(f"`eps` must be >= 0, got {eps}.")
+        if not gamma > 0:
+            raise ValueError(f"`gamma` must be > 0, got {gamma}.")
         self.gamma = float(gamma)
         self.eps = float(eps)
         self.gain_initializer = tf.keras.initializers.get(gain_initializer)

@@ -4,7 +4,7 @@ import larq as lq
 import tensorflow as tf
 from larq import utils as lq_utils
 
-from larq_nobn.unitwise import fan_in_axes
+from larq_nobn.unitwise import unit_mean
 
 
 def magnitude_aware_ste_sign(x: tf.Tensor, clip_value: float = 1.0) -> tf.Tensor:
@@ -15,7 +15,7 @@ def magnitude_aware_ste_sign(x: tf.Tensor, clip_value: float = 1.0) -> tf.Tensor
 
     @tf.custom_gradient
     def _call(x):
-        scale = tf.reduce_mean(tf.abs(x), axis=fan_in_axes(x.shape.rank), keepdims=True)
+        scale = unit_mean(tf.abs(x))
 
         def grad(dy):
             return tf.where(tf.abs(x) <= clip_value, dy, tf.zeros_like(dy))

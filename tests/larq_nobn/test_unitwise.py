@@ -81,3 +81,62 @@ def test_scaled_standardize_matches_numpy(shape, gamma):
     expected = gamma * _np_standardize(w) / np.sqrt(fan_in)
     out = scaled_standardize(tf.constant(w), gamma).numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
+
+
+def _direct_ws_kernel(w, gain, gamma, eps, clip):
+    """`gain * Q(scaled_standardize(W))` from plain TF ops, differentiated by TF itself."""
+    axes = list(range(w.shape.rank - 1))
+    mean, variance = tf.nn.moments(w, axes=axes, keepdims=True)
+    fan_in = int(np.prod(w.shape[:-1]))
+    w_hat = gamma * (w - mean) / (tf.sqrt(variance) + eps) / np.sqrt(fan_in)
+    if clip is None:
+        return gain * w_hat
+    magnitude = tf.reduce_mean(tf.abs(w_hat), axis=axes, keepdims=True)
+    binary = magnitude * tf.where(w_hat >= 0, 1.0, -1.0)
+    # Straight through where |w_hat| <= clip: forward `binary`, gradient `inside`.
+    passed = w_hat * tf.cast(tf.abs(w_hat) <= clip, w_hat.dtype)
+    return gain * (passed + tf.stop_gradient(binary - passed))
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 4, 6), (1, 1, 2, 3), (5, 7)])
+@pytest.mark.parametrize("gamma, eps", [(1.0, 1e-5), (3.0, 0.1)])
+@pytest.mark.parametrize("clip", [None, 1.0, 0.3])
+def test_scaled_ws_kernel_equals_the_composition(shape, gamma, eps, clip):
+    """The fused kernel gives the values and the gradients (kernel and gain) of the
+    direct formula, including units partly outside the straight-through window."""
+    rng = np.random.default_rng(4)
+    w = tf.constant(rng.normal(0.3, 2.0, size=shape).astype(np.float32))
+    gain = tf.constant(rng.uniform(0.5, 2.0, size=shape[-1]).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=shape).astype(np.float32))
+    results = []
+    for fn in (larq_nobn.unitwise.scaled_ws_kernel, _direct_ws_kernel):
+        with tf.GradientTape() as tape:
+            tape.watch([w, gain])
+            out = fn(w, gain, gamma, eps, clip)
+        results.append((out, *tape.gradient(out, [w, gain], output_gradients=upstream)))
+    for fused, direct in zip(*results, strict=True):
+        np.testing.assert_allclose(fused.numpy(), direct.numpy(), rtol=2e-5, atol=1e-6)
+    if clip == 0.3 and shape == (5, 7):
+        # The straight-through window cuts here: some |W_hat| are outside it, not all.
+        outside = np.abs(larq_nobn.scaled_standardize(w, gamma, eps).numpy()) > clip
+        assert 0 < np.sum(outside) < outside.size
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -2.0])  # sums of these are exact
+def test_standardize_of_a_constant_kernel_has_a_finite_gradient(value):
+    w = tf.fill((3, 3, 2, 4), value)
+    with tf.GradientTape() as tape:
+        tape.watch(w)
+        out = standardize(w)
+    grad = tape.gradient(out, w, output_gradients=tf.ones_like(w))
+    np.testing.assert_array_equal(out.numpy(), 0.0)
+    assert np.all(np.isfinite(grad.numpy()))
+
+
+def test_scaled_ws_kernel_keeps_a_half_precision_dtype():
+    w = tf.random.stateless_normal((3, 3, 4, 8), seed=(1, 2))
+    gain = tf.ones((8,))
+    out16 = larq_nobn.unitwise.scaled_ws_kernel(tf.cast(w, tf.float16), gain, binary_clip=1.0)
+    out32 = larq_nobn.unitwise.scaled_ws_kernel(w, gain, binary_clip=1.0)
+    assert out16.dtype == tf.float16
+    np.testing.assert_allclose(out16.numpy(), out32.numpy(), rtol=2e-3)

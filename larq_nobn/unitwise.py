@@ -70,14 +70,37 @@ def _matrix_shape(kernel: tf.Tensor, what: str) -> list[int]:
     return [shape[:-1].num_elements(), shape[-1]]
 
 
-def _centered(matrix: tf.Tensor) -> tf.Tensor:
-    return matrix - _column_reduce(matrix, mean=True)
+class _Moments:
+    """Per-unit statistics of a (fan_in, units) float32 matrix, and its centered copy.
 
+    Only the (1, units) rows are kept for a backward pass: `centered_again` recomputes the
+    centered matrix from the kernel, which lives on anyway (it is the variable).
+    """
 
-def _standardize_grad(g, centered, std, factor, eps: float) -> tf.Tensor:
-    """The gradient through `factor * centered` (see `standardize`), per column."""
-    coef = tf.math.divide_no_nan(_column_reduce(g * centered, mean=True), std * (std + eps))
-    return factor * (g - _column_reduce(g, mean=True) - centered * coef)
+    def __init__(self, matrix: tf.Tensor, scale: float, eps: float):
+        self.fan_in = matrix.shape[0]
+        self.mean = _column_reduce(matrix, mean=True)
+        self.centered = matrix - self.mean
+        self.std = tf.sqrt(_column_reduce(tf.square(self.centered), mean=True))
+        self.eps = eps
+        self.factor = scale / (self.std + eps)  # W_hat = centered * factor
+
+    def centered_again(self, matrix: tf.Tensor) -> tf.Tensor:
+        return matrix - self.mean
+
+    def grad(self, g, centered, row_scale, g_dot_centered=None) -> tf.Tensor:
+        """The gradient through `W_hat = centered * factor` for `d W_hat = g * row_scale`.
+
+        `dW = factor * (g' - mean(g') - centered * mean(g' * centered) / (std (std + eps)))`
+        with `g' = g * row_scale`; a per-unit `row_scale` factors out of every term, so it is
+        applied to the (1, units) rows instead of to `g`. `g_dot_centered`, the column sums
+        of `g * centered`, can be passed in when the caller needed them too.
+        """
+        if g_dot_centered is None:
+            g_dot_centered = _column_reduce(g * centered, mean=False)
+        coef = tf.math.divide_no_nan(g_dot_centered / self.fan_in, self.std * (self.std + self.eps))
+        row = self.factor * row_scale
+        return g * row - centered * (coef * row) - _column_reduce(g, mean=True) * row
 
 
 def standardize(kernel: tf.Tensor, eps: float = 1e-5, scale: float = 1.0) -> tf.Tensor:
@@ -107,20 +130,19 @@ def standardize(kernel: tf.Tensor, eps: float = 1e-5, scale: float = 1.0) -> tf.
     shape, dtype = kernel.shape, kernel.dtype
     matrix_shape = _matrix_shape(kernel, "standardize")
 
+    def as_matrix(x):
+        return tf.reshape(tf.cast(x, tf.float32), matrix_shape)
+
     @tf.custom_gradient
     def _standardize(kernel):
-        matrix = tf.reshape(tf.cast(kernel, tf.float32), matrix_shape)
-        centered = _centered(matrix)
-        std = tf.sqrt(_column_reduce(tf.square(centered), mean=True))
-        factor = scale / (std + eps)
+        moments = _Moments(as_matrix(kernel), scale, eps)
 
         def grad(upstream):
-            g = tf.reshape(tf.cast(upstream, tf.float32), matrix_shape)
-            centered = _centered(tf.reshape(tf.cast(kernel, tf.float32), matrix_shape))
-            dw = _standardize_grad(g, centered, std, factor, eps)
+            centered = moments.centered_again(as_matrix(kernel))
+            dw = moments.grad(as_matrix(upstream), centered, 1.0)
             return tf.cast(tf.reshape(dw, shape), dtype)
 
-        return tf.cast(tf.reshape(centered * factor, shape), dtype), grad
+        return tf.cast(tf.reshape(moments.centered * moments.factor, shape), dtype), grad
 
     return _standardize(kernel)
 
@@ -137,12 +159,14 @@ def scaled_ws_kernel(
     With `W_hat = scaled_standardize(W, gamma, eps)`, this is `gain * W_hat`, or with
     `binary_clip` set `gain * magnitude_aware_ste_sign(W_hat, binary_clip)`: per output
     unit `gain * mean(|W_hat|) * sign(W_hat)`, whose gradient reaches `W_hat` where
-    `|W_hat| <= binary_clip`. It computes the same values and gradients as those
-    compositions (to float32 rounding; tests compare both) with fewer passes over the
-    kernel, and keeps only per-unit statistics for the backward pass instead of the
-    intermediate kernels. It uses `sign(W_hat) = sign(W - mean)` and
-    `mean(|W_hat|) = gamma / sqrt(fan_in) / (std + eps) * mean(|W - mean|)`, so gamma must be
-    positive.
+    `|W_hat| <= binary_clip`. Same values and gradients as those compositions (to float32
+    rounding; tests compare both), with fewer passes over the kernel, and only per-unit
+    statistics kept for the backward pass instead of the intermediate kernels. It uses
+    three identities, the reason gamma must be positive:
+    - `sign(W_hat) = sign(W - mean)`;
+    - `mean(|W_hat|) = gamma / sqrt(fan_in) / (std + eps) * mean(|W - mean|)`;
+    - `|W_hat| < gamma` (a centered entry is at most `std * sqrt(fan_in - 1)`), so with
+      `gamma <= binary_clip`, as in the paper (1 and 1), no entry is ever clipped.
 
     Args:
         kernel: the latent kernel, output units on the last axis (rank >= 2).
@@ -161,31 +185,35 @@ def scaled_ws_kernel(
     matrix_shape = _matrix_shape(kernel, "scaled_ws_kernel")
     scale = gamma * matrix_shape[0] ** -0.5
     binary = binary_clip is not None
+    may_clip = binary and gamma > binary_clip
+
+    def as_matrix(x):
+        return tf.reshape(tf.cast(x, tf.float32), matrix_shape)
 
     @tf.custom_gradient
     def _kernel(kernel, gain):
-        matrix = tf.reshape(tf.cast(kernel, tf.float32), matrix_shape)
+        moments = _Moments(as_matrix(kernel), scale, eps)
         row_gain = tf.reshape(tf.cast(gain, tf.float32), [1, -1])
-        centered = _centered(matrix)
-        std = tf.sqrt(_column_reduce(tf.square(centered), mean=True))
-        factor = scale / (std + eps)
         if binary:
-            magnitude = factor * _column_reduce(tf.abs(centered), mean=True)  # mean |W_hat|
-            effective = _sign(centered) * (magnitude * row_gain)
+            # mean |W_hat| per unit, and +-(gain * mean |W_hat|) by the sign of W_hat.
+            magnitude = moments.factor * _column_reduce(tf.abs(moments.centered), mean=True)
+            positive = magnitude * row_gain
+            effective = tf.where(moments.centered >= 0, positive, -positive)
         else:
-            effective = centered * (factor * row_gain)
+            effective = moments.centered * (moments.factor * row_gain)
 
         def grad(upstream):
-            g = tf.reshape(tf.cast(upstream, tf.float32), matrix_shape)
-            centered = _centered(tf.reshape(tf.cast(kernel, tf.float32), matrix_shape))
+            g = as_matrix(upstream)
+            centered = moments.centered_again(as_matrix(kernel))
+            g_dot_centered = None
             if binary:
-                d_gain = _column_reduce(g * _sign(centered), mean=False) * magnitude
-                inside = tf.abs(centered) * factor <= binary_clip  # |W_hat| <= clip
-                g_hat = tf.where(inside, g * row_gain, tf.zeros_like(g))
+                d_gain = _column_reduce(tf.where(centered >= 0, g, -g), mean=False) * magnitude
+                if may_clip:  # zero where |W_hat| > clip
+                    g = tf.where(tf.abs(centered) * moments.factor <= binary_clip, g, 0.0)
             else:
-                d_gain = _column_reduce(g * centered, mean=False) * factor
-                g_hat = g * row_gain
-            d_kernel = _standardize_grad(g_hat, centered, std, factor, eps)
+                g_dot_centered = _column_reduce(g * centered, mean=False)
+                d_gain = g_dot_centered * moments.factor
+            d_kernel = moments.grad(g, centered, row_gain, g_dot_centered)
             return (
                 tf.cast(tf.reshape(d_kernel, shape), dtype),
                 tf.cast(tf.reshape(d_gain, [-1]), gain_dtype),
@@ -194,11 +222,6 @@ def scaled_ws_kernel(
         return tf.cast(tf.reshape(effective, shape), dtype), grad
 
     return _kernel(kernel, gain)
-
-
-def _sign(x: tf.Tensor) -> tf.Tensor:
-    """larq's sign forward: +1 where x >= 0, else -1 (never 0)."""
-    return tf.where(x >= 0, tf.constant(1.0, x.dtype), tf.constant(-1.0, x.dtype))
 
 
 def scaled_standardize(kernel: tf.Tensor, gamma: float = 1.0, eps: float = 1e-5) -> tf.Tensor:

@@ -1,0 +1,157 @@
+"""Batch-1 latency of the exported BN and BN-free ReActNets in larq-compute-engine.
+
+For each backbone it builds the stage-2 `<backbone>_bn` and `<backbone>_nobn` models
+(untrained, seeded), converts both with `larq_nobn.export.convert` (weight standardization
+folded, then `larq_compute_engine.convert_keras_model`) and counts their operators. It then
+makes one LCE `Interpreter` per (model, thread count), runs two warm-up inferences on each,
+and times `--runs` single-image `predict` calls per interpreter in `--rounds` alternating
+rounds after one untimed round. Reported: the median latency per image, nobn/bn per thread
+count (goal <= 1.00), and how many of the Keras model's binary-weight convolutions (kernel
+quantizer of precision 1) became `LceBconv2d` operators (goal 100 %).
+
+The default input is 224x224: at 32x32 ReActNet-A reaches 2x2 feature maps, where LCE has
+a known bug.
+
+    python benchmarks/tflite_latency.py --backbones reactnet18 --rounds 1 --runs 1
+"""
+
+import common
+
+# isort: split
+import argparse
+
+import numpy as np
+import tensorflow as tf
+from larq_compute_engine.tflite.python.interpreter import Interpreter
+
+from larq_nobn import export
+
+LATENCY_GOAL = 1.00  # nobn/bn, at most
+CONVERTED_GOAL = 1.00  # LceBconv2d / binary-weight convolutions, at least
+
+
+def binary_weight_convs(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
+    """Convolutions whose kernel quantizer has precision 1 (binary weights)."""
+    return [
+        layer
+        for layer in model.layers
+        if getattr(getattr(layer, "kernel_quantizer", None), "precision", None) == 1
+    ]
+
+
+def export_model(name: str, args: argparse.Namespace) -> dict[str, object]:
+    """The flatbuffer of a zoo model and what was converted to what."""
+    common.log(f"building and converting {name} {args.input_size}x{args.input_size}")
+    model = common.build_model(
+        name,
+        stage=args.stage,
+        input_size=args.input_size,
+        num_classes=common.num_classes_for(args.input_size, args.num_classes),
+        stem=args.stem,
+    )
+    binary = binary_weight_convs(model)
+    flatbuffer = export.convert(model)
+    del model
+    common.release()
+    return {
+        "flatbuffer": flatbuffer,
+        "binary_weight_convs": len(binary),
+        "real_input": sum(layer.input_quantizer is None for layer in binary),
+        "bconv": export.op_counts(flatbuffer)["LceBconv2d"],
+    }
+
+
+def latencies(
+    flatbuffers: dict[str, bytes], image: np.ndarray, args: argparse.Namespace
+) -> dict[tuple[str, int], float]:
+    """Median ms per image of every (model, thread count), timed in alternating rounds."""
+    interpreters = {}
+    for threads in args.threads:
+        for norm, flatbuffer in flatbuffers.items():
+            interpreter = Interpreter(flatbuffer, num_threads=threads)
+            interpreter.predict(image)
+            interpreter.predict(image)
+            interpreters[f"{norm}/{threads}"] = (norm, threads), interpreter
+
+    def run(interpreter: Interpreter) -> None:
+        for _ in range(args.runs):
+            interpreter.predict(image)
+
+    seconds = common.alternate(
+        {name: lambda i=interpreter: run(i) for name, (_, interpreter) in interpreters.items()},
+        args.rounds,
+    )
+    return {
+        key: common.median(seconds[name]) / args.runs * 1e3
+        for name, (key, _) in interpreters.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_model_arguments(parser)
+    parser.add_argument("--input_size", type=int, default=224)
+    parser.add_argument(
+        "--threads", type=lambda s: [int(t) for t in s.split(",")], default=[1, 2], help="1,2"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=10, help="inferences per round")
+    args = parser.parse_args()
+
+    print(common.machine_description())
+    print(
+        f"LCE batch-1 latency, stage {args.stage}, {args.input_size}x{args.input_size}; "
+        f"{args.rounds} alternating rounds of {args.runs} inferences per interpreter (median "
+        "round), after 2 warm-up inferences each and 1 untimed round"
+    )
+    image = common.random_batch(args.input_size, 1, 10)[0]
+    latency_rows, conversion_rows = [], []
+    for backbone in args.backbones:
+        exported = {
+            norm: export_model(common.model_name(backbone, norm), args) for norm in common.NORMS
+        }
+        for norm, e in exported.items():
+            converted = e["bconv"] / e["binary_weight_convs"] if e["binary_weight_convs"] else 0
+            conversion_rows.append(
+                [
+                    common.model_name(backbone, norm),
+                    e["bconv"],
+                    e["binary_weight_convs"],
+                    e["real_input"],
+                    f"{converted * 100:.0f} %",
+                    f">= {CONVERTED_GOAL * 100:.0f} %",
+                    common.verdict(converted, CONVERTED_GOAL, at_least=True)[1],
+                ]
+            )
+        common.log(f"timing {backbone}")
+        ms = latencies({norm: e["flatbuffer"] for norm, e in exported.items()}, image, args)
+        del exported
+        for threads in args.threads:
+            ratio = ms["nobn", threads] / ms["bn", threads]
+            latency_rows.append(
+                [
+                    backbone,
+                    f"{args.input_size}x{args.input_size}",
+                    threads,
+                    f"{ms['bn', threads]:.1f}",
+                    f"{ms['nobn', threads]:.1f}",
+                    f"{ratio:.3f}",
+                    *common.verdict(ratio, LATENCY_GOAL, at_least=False),
+                ]
+            )
+            common.log(f"  {latency_rows[-1]}")
+    print("\nBatch-1 latency (ms per image)")
+    common.print_table(
+        ["backbone", "input", "threads", "bn ms", "nobn ms", "nobn/bn", "goal", "met"],
+        latency_rows,
+    )
+    print("\nBinary convolutions converted (LceBconv2d ops / binary-weight conv layers)")
+    common.print_table(
+        ["model", "LceBconv2d", "binary-weight convs", "of which real input"]
+        + ["converted", "goal", "met"],
+        conversion_rows,
+    )
+
+
+if __name__ == "__main__":
+    main()

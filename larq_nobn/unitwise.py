@@ -71,10 +71,10 @@ def _matrix_shape(kernel: tf.Tensor, what: str) -> list[int]:
 
 
 class _Moments:
-    """Per-unit statistics of a (fan_in, units) float32 matrix, and its centered copy.
+    """Per-unit statistics of a (fan_in, units) float32 matrix W, and its centered copy.
 
-    Only the (1, units) rows are kept for a backward pass: `centered_again` recomputes the
-    centered matrix from the kernel, which lives on anyway (it is the variable).
+    A backward pass keeps only the (1, units) rows: `grad` works from W itself (which lives
+    on anyway: it is the variable), not from a stored centered matrix.
     """
 
     def __init__(self, matrix: tf.Tensor, scale: float, eps: float):
@@ -85,22 +85,29 @@ class _Moments:
         self.eps = eps
         self.factor = scale / (self.std + eps)  # W_hat = centered * factor
 
-    def centered_again(self, matrix: tf.Tensor) -> tf.Tensor:
-        return matrix - self.mean
+    def grad(self, g, matrix, row_scale, g_sum=None, g_dot_centered=None) -> tf.Tensor:
+        """The gradient through `W_hat = (W - mean) * factor` for `d W_hat = g * row_scale`.
 
-    def grad(self, g, centered, row_scale, g_dot_centered=None) -> tf.Tensor:
-        """The gradient through `W_hat = centered * factor` for `d W_hat = g * row_scale`.
-
-        `dW = factor * (g' - mean(g') - centered * mean(g' * centered) / (std (std + eps)))`
-        with `g' = g * row_scale`; a per-unit `row_scale` factors out of every term, so it is
-        applied to the (1, units) rows instead of to `g`. `g_dot_centered`, the column sums
-        of `g * centered`, can be passed in when the caller needed them too.
+        `dW = factor * (g' - mean(g') - (W - mean) * mean(g' * (W - mean)) / (std (std + eps)))`
+        with `g' = g * row_scale`. Every per-unit factor is applied to (1, units) rows, and
+        the formula is expanded in W instead of W - mean, so the whole gradient costs four
+        elementwise passes and two matrix-vector products. `g_sum` and `g_dot_centered`
+        (column sums of g and of g * (W - mean)) can be passed in when the caller has them.
         """
+        if g_sum is None:
+            g_sum = _column_reduce(g, mean=False)
         if g_dot_centered is None:
-            g_dot_centered = _column_reduce(g * centered, mean=False)
+            g_dot_centered = self.dot_centered(g, matrix, g_sum)
         coef = tf.math.divide_no_nan(g_dot_centered / self.fan_in, self.std * (self.std + self.eps))
         row = self.factor * row_scale
-        return g * row - centered * (coef * row) - _column_reduce(g, mean=True) * row
+        centered_row = coef * row
+        return (
+            g * row - matrix * centered_row + (self.mean * centered_row - g_sum / self.fan_in * row)
+        )
+
+    def dot_centered(self, g, matrix, g_sum) -> tf.Tensor:
+        """Column sums of `g * (W - mean)`, as `sum(g * W) - mean * sum(g)`."""
+        return _column_reduce(g * matrix, mean=False) - self.mean * g_sum
 
 
 def standardize(kernel: tf.Tensor, eps: float = 1e-5, scale: float = 1.0) -> tf.Tensor:
@@ -138,8 +145,7 @@ def standardize(kernel: tf.Tensor, eps: float = 1e-5, scale: float = 1.0) -> tf.
         moments = _Moments(as_matrix(kernel), scale, eps)
 
         def grad(upstream):
-            centered = moments.centered_again(as_matrix(kernel))
-            dw = moments.grad(as_matrix(upstream), centered, 1.0)
+            dw = moments.grad(as_matrix(upstream), as_matrix(kernel), 1.0)
             return tf.cast(tf.reshape(dw, shape), dtype)
 
         return tf.cast(tf.reshape(moments.centered * moments.factor, shape), dtype), grad
@@ -203,17 +209,21 @@ def scaled_ws_kernel(
             effective = moments.centered * (moments.factor * row_gain)
 
         def grad(upstream):
-            g = as_matrix(upstream)
-            centered = moments.centered_again(as_matrix(kernel))
-            g_dot_centered = None
+            g, matrix = as_matrix(upstream), as_matrix(kernel)
+            g_sum = _column_reduce(g, mean=False)
             if binary:
-                d_gain = _column_reduce(tf.where(centered >= 0, g, -g), mean=False) * magnitude
+                # sum(g * sign(W_hat)) = 2 * sum(g where W >= mean) - sum(g)
+                positive_sum = _column_reduce(tf.where(matrix >= moments.mean, g, 0.0), mean=False)
+                d_gain = (2.0 * positive_sum - g_sum) * magnitude
+                g_dot_centered = None
                 if may_clip:  # zero where |W_hat| > clip
-                    g = tf.where(tf.abs(centered) * moments.factor <= binary_clip, g, 0.0)
+                    inside = tf.abs(matrix - moments.mean) * moments.factor <= binary_clip
+                    g = tf.where(inside, g, 0.0)
+                    g_sum = _column_reduce(g, mean=False)
             else:
-                g_dot_centered = _column_reduce(g * centered, mean=False)
+                g_dot_centered = moments.dot_centered(g, matrix, g_sum)
                 d_gain = g_dot_centered * moments.factor
-            d_kernel = moments.grad(g, centered, row_gain, g_dot_centered)
+            d_kernel = moments.grad(g, matrix, row_gain, g_sum, g_dot_centered)
             return (
                 tf.cast(tf.reshape(d_kernel, shape), dtype),
                 tf.cast(tf.reshape(d_gain, [-1]), gain_dtype),

@@ -38,7 +38,12 @@ from larq_nobn.constraints import WeightStandardization  # noqa: E402
 from larq_nobn.layers import LearnableBias, ScaledWSConv2D, ScaledWSQuantConv2D  # noqa: E402
 from larq_nobn.optimizers import AGC, AdaptiveGradientClipping  # noqa: E402
 from larq_nobn.quantizers import MagnitudeAwareSteSign  # noqa: E402
-from larq_nobn.unitwise import scaled_standardize, standardize, unitwise_norm  # noqa: E402
+from larq_nobn.unitwise import (  # noqa: E402
+    scaled_standardize,
+    scaled_ws_kernel,
+    standardize,
+    unitwise_norm,
+)
 
 __version__ = "0.1.0"
 
@@ -51,6 +56,7 @@ __all__ = [
     "ScaledWSQuantConv2D",
     "WeightStandardization",
     "scaled_standardize",
+    "scaled_ws_kernel",
     "standardize",
     "unitwise_norm",
 ]

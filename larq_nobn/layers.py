@@ -71,7 +71,10 @@ class ScaledWSQuantConv2D(lq.layers.QuantConv2D):
 
     with the mean and population standard deviation taken per output channel and `gain` a
     trainable per-output-channel weight, initialized to ones. The standardization is a
-    reparameterization: gradients flow through it to the latent kernel. Everything else
+    reparameterization: gradients flow through it to the latent kernel. Without a kernel
+    quantizer, or with "magnitude_aware_ste_sign", the effective kernel is computed by the
+    fused `larq_nobn.scaled_ws_kernel` (same values and gradients, less time and memory);
+    any other quantizer is applied to `scaled_standardize(W)`. Everything else
     (`input_quantizer`, `kernel_quantizer`, `kernel_constraint`, `pad_values`, ...) is as in
     `larq.layers.QuantConv2D`. With no kernel quantizer this is the reference's
     `ScaledStdConv2d`; with `kernel_quantizer="magnitude_aware_ste_sign"` its
@@ -87,7 +90,7 @@ class ScaledWSQuantConv2D(lq.layers.QuantConv2D):
     Args:
         filters: number of output channels.
         kernel_size: an integer or a pair of integers.
-        gamma: the gain of the nonlinearity that follows (1.0 in the paper).
+        gamma: the gain of the nonlinearity that follows (1.0 in the paper), > 0.
         eps: added to the per-channel standard deviation.
         gain_initializer: initializer of the per-channel gain.
         **kwargs: every argument of `larq.layers.QuantConv2D`.

@@ -14,7 +14,7 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
-from larq_nobn.layers import ScaledWSQuantConv2D, silence_starved_weights_warning
+from larq_nobn.layers import LearnableBias, ScaledWSQuantConv2D, silence_starved_weights_warning
 
 _WS_ONLY_KEYS = ("gamma", "eps", "gain_initializer")
 
@@ -83,19 +83,91 @@ def fold_weight_standardization(model: tf.keras.Model) -> tf.keras.Model:
     return clone
 
 
+def _sign_quantizers() -> tuple[type, ...]:
+    """larq's input quantizers whose forward pass is sign(x) (+1 at 0)."""
+    names = ("SteSign", "ApproxSign", "SwishSign")
+    return tuple(getattr(lq.quantizers, n) for n in names if hasattr(lq.quantizers, n))
+
+
+def fold_scales_before_signs(model: tf.keras.Model) -> tf.keras.Model:
+    """The same functional model without the rescalings that only a sign sees.
+
+    In the BN-free networks a block input is scaled by beta, shifted by a learnable bias
+    and binarized: `sign(beta * x + b)`. For beta > 0 that is `sign(x + b / beta)`, so
+    where a `Rescaling(beta)` (no offset) feeds a `LearnableBias` whose outputs go only to
+    the sign input quantizers of convolutions, the bias is divided by beta and reads `x`
+    directly; a rescaling left with no consumer is removed. On an engine this drops one
+    multiplication over a feature map per block. The binarized values are the same except
+    where `beta * x + b` rounds to the other side of 0 than `x + b / beta`, a tie at the
+    float32 rounding level.
+
+    Args:
+        model: a functional Keras model.
+
+    Returns:
+        A new model; `model` itself is left as it is.
+    """
+    config = model.get_config()
+    by_name = {c["config"]["name"]: c for c in config["layers"]}
+    consumers: dict[str, list[str]] = collections.defaultdict(list)
+    for layer_config in config["layers"]:
+        for node in layer_config["inbound_nodes"]:
+            for inbound in node:
+                consumers[inbound[0]].append(layer_config["config"]["name"])
+    outputs = {output[0] for output in config["output_layers"]}
+    signs = _sign_quantizers()
+
+    def feeds_signs_only(name: str) -> bool:
+        layers = [model.get_layer(n) for n in consumers[name]]
+        return (
+            bool(layers)
+            and name not in outputs
+            and all(isinstance(getattr(layer, "input_quantizer", None), signs) for layer in layers)
+        )
+
+    new_biases = {}
+    for layer in model.layers:
+        if not isinstance(layer, tf.keras.layers.Rescaling):
+            continue
+        scale = np.asarray(layer.scale, dtype=np.float64)
+        if scale.size != 1 or not float(scale) > 0 or np.any(np.asarray(layer.offset) != 0):
+            continue
+        rescaling = by_name[layer.name]
+        if len(rescaling["inbound_nodes"]) != 1:
+            continue
+        for name in list(consumers[layer.name]):
+            bias = model.get_layer(name)
+            if type(bias) is not LearnableBias or not feeds_signs_only(name):
+                continue
+            by_name[name]["inbound_nodes"] = rescaling["inbound_nodes"]
+            new_biases[name] = [w / float(scale) for w in bias.get_weights()]
+            consumers[layer.name].remove(name)
+        if not consumers[layer.name] and layer.name not in outputs:
+            config["layers"].remove(rescaling)
+    with silence_starved_weights_warning():
+        clone = tf.keras.Model.from_config(config)
+    for layer in clone.layers:
+        if layer.name in new_biases:
+            layer.set_weights(new_biases[layer.name])
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return clone
+
+
 def convert(model: tf.keras.Model, fold: bool = True, **kwargs) -> bytes:
     """A TFLite flatbuffer of `model` through larq-compute-engine.
 
     Args:
         model: a functional Keras model (e.g. a zoo model, in stage 2 for binary weights).
-        fold: fold the weight standardization first (`fold_weight_standardization`).
+        fold: fold the weight standardization (`fold_weight_standardization`) and the
+            rescalings that only a sign sees (`fold_scales_before_signs`) first.
         **kwargs: passed to `larq_compute_engine.convert_keras_model`.
 
     Returns:
         The flatbuffer bytes.
     """
     if fold:
-        model = fold_weight_standardization(model)
+        model = fold_scales_before_signs(fold_weight_standardization(model))
     return _lce().convert_keras_model(model, **kwargs)
 
 

@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
+import larq_nobn
 import zoo
 from larq_nobn import export
 
@@ -28,3 +30,27 @@ def test_reactnet_a_nobn_converts_to_31_binary_convolutions():
     # 13 binary 3x3 + 8 single and 5 pairs of binary 1x1 convolutions; the first stays float.
     assert counts["LceBconv2d"] == 31
     assert counts["CONV_2D"] == 1
+
+
+def test_rescalings_seen_only_by_signs_are_folded_into_the_biases():
+    """`export.fold_scales_before_signs`: same outputs, fewer multiplications."""
+    model = zoo.get_model(
+        "reactnet18_nobn", stage=2, stem="cifar", input_shape=(16, 16, 3), num_classes=10
+    )
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, larq_nobn.LearnableBias):  # zeros at init: make them matter
+            layer.set_weights([rng.normal(0, 0.5, size=w.shape) for w in layer.get_weights()])
+    folded = export.fold_scales_before_signs(export.fold_weight_standardization(model))
+
+    def rescalings(m):
+        return {layer.name for layer in m.layers if isinstance(layer, tf.keras.layers.Rescaling)}
+
+    betas = {name for name in rescalings(model) if name.endswith("_beta")}
+    downsampling = {f"block{i}_beta" for i in (5, 9, 13)}  # they also feed a pooled shortcut
+    assert betas > downsampling
+    assert rescalings(folded) == rescalings(model) - betas | downsampling
+    x = rng.normal(size=(8, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
+    counts = export.op_counts(export.convert(model))
+    assert counts["MUL"] == 3 and counts["LceBconv2d"] == 16

@@ -90,9 +90,10 @@ class _Moments:
 
         `dW = factor * (g' - mean(g') - (W - mean) * mean(g' * (W - mean)) / (std (std + eps)))`
         with `g' = g * row_scale`. Every per-unit factor is applied to (1, units) rows, and
-        the formula is expanded in W instead of W - mean, so the whole gradient costs four
-        elementwise passes and two matrix-vector products. `g_sum` and `g_dot_centered`
-        (column sums of g and of g * (W - mean)) can be passed in when the caller has them.
+        the formula is expanded in W instead of W - mean (no centered copy), so the whole
+        gradient costs five elementwise passes and two matrix-vector products. `g_sum` and
+        `g_dot_centered` (column sums of g and of g * (W - mean)) can be passed in when the
+        caller has them.
         """
         if g_sum is None:
             g_sum = _column_reduce(g, mean=False)
@@ -123,7 +124,7 @@ def standardize(kernel: tf.Tensor, eps: float = 1e-5, scale: float = 1.0) -> tf.
 
     for an incoming gradient g, with per-unit means (0 where std is 0). It is computed in
     float32 whatever the kernel's dtype; only per-unit statistics are kept for the
-    backward pass, which recomputes `W - mean` from the kernel.
+    backward pass, which works from the kernel itself.
 
     Args:
         kernel: a kernel whose last axis holds the output units (rank >= 2).

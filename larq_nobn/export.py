@@ -70,16 +70,21 @@ def fold_weight_standardization(model: tf.keras.Model) -> tf.keras.Model:
             folded[layer.name] = [effective.numpy()] + [
                 w.numpy() for w in layer.weights if w.name.split("/")[-1].startswith("bias")
             ]
+    return _rebuild(model, config, folded)
+
+
+def _rebuild(model: tf.keras.Model, config: dict, weights: dict[str, list]) -> tf.keras.Model:
+    """A model from an edited `config` of `model`, with `model`'s weights, except where
+    `weights` gives a layer's new ones."""
     with silence_starved_weights_warning():
         clone = tf.keras.Model.from_config(
             config, custom_objects={"QuantConv2D": lq.layers.QuantConv2D}
         )
-    for layer in model.layers:
-        target = clone.get_layer(layer.name)
-        if layer.name in folded:
-            target.set_weights(folded[layer.name])
+    for layer in clone.layers:
+        if layer.name in weights:
+            layer.set_weights(weights[layer.name])
         elif layer.weights:
-            target.set_weights(layer.get_weights())
+            layer.set_weights(model.get_layer(layer.name).get_weights())
     return clone
 
 
@@ -144,14 +149,7 @@ def fold_scales_before_signs(model: tf.keras.Model) -> tf.keras.Model:
             consumers[layer.name].remove(name)
         if not consumers[layer.name] and layer.name not in outputs:
             config["layers"].remove(rescaling)
-    with silence_starved_weights_warning():
-        clone = tf.keras.Model.from_config(config)
-    for layer in clone.layers:
-        if layer.name in new_biases:
-            layer.set_weights(new_biases[layer.name])
-        elif layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return clone
+    return _rebuild(model, config, new_biases)
 
 
 def convert(model: tf.keras.Model, fold: bool = True, **kwargs) -> bytes:

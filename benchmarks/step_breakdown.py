@@ -31,13 +31,14 @@ CONTENDERS = ("bn", "none", "nobn", "nobn_no_ws", "nobn_no_agc")
 
 @contextlib.contextmanager
 def weight_standardization_skipped():
-    """While active, new scaled-WS layers compute `gain * Q(W)` (no standardization)."""
+    """While active, new scaled-WS layers compute `kernel_scale * gain * Q(W)` (no WS)."""
 
     def skip(self, latent_kernel):
         kernel = tf.convert_to_tensor(latent_kernel)
         if self.layer.kernel_quantizer is not None:
             kernel = self.layer.kernel_quantizer(kernel)
-        return kernel * tf.cast(self.layer.gain, kernel.dtype)
+        gain = self.layer.gain * self.layer.kernel_scale
+        return kernel * tf.cast(gain, kernel.dtype)
 
     original = layers._StandardizedKernel.__call__
     layers._StandardizedKernel.__call__ = skip

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from larq_nobn.layers import LearnableBias, ScaledWSQuantConv2D, silence_starved_weights_warning
 
-_WS_ONLY_KEYS = ("gamma", "eps", "gain_initializer")
+_WS_ONLY_KEYS = ("gamma", "eps", "gain_initializer", "kernel_scale")
 
 
 def _lce():

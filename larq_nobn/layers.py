@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+import math
 
 import larq as lq
 import tensorflow as tf
@@ -47,6 +48,8 @@ class _StandardizedKernel:
         layer = self.layer
         latent_kernel = tf.convert_to_tensor(latent_kernel)
         gain = tf.convert_to_tensor(layer.gain)
+        if layer.kernel_scale != 1.0:
+            gain = gain * layer.kernel_scale  # a (filters,) product: free next to the kernel
         quantizer = layer.kernel_quantizer
         # The real-valued and the reference's binary kernel have a fused implementation;
         # any other quantizer is applied to the standardized kernel.
@@ -70,7 +73,8 @@ class ScaledWSQuantConv2D(lq.layers.QuantConv2D):
         kernel = gain * kernel_quantizer(W_hat)
 
     with the mean and population standard deviation taken per output channel and `gain` a
-    trainable per-output-channel weight, initialized to ones. The standardization is a
+    trainable per-output-channel weight, initialized to ones; a constant `kernel_scale`,
+    if given, multiplies that kernel too. The standardization is a
     reparameterization: gradients flow through it to the latent kernel. Without a kernel
     quantizer, or with "magnitude_aware_ste_sign", the effective kernel is computed by the
     fused `larq_nobn.scaled_ws_kernel` (same values and gradients, less time and memory);
@@ -93,6 +97,10 @@ class ScaledWSQuantConv2D(lq.layers.QuantConv2D):
         gamma: the gain of the nonlinearity that follows (1.0 in the paper), > 0.
         eps: added to the per-channel standard deviation.
         gain_initializer: initializer of the per-channel gain.
+        kernel_scale: a constant factor on the effective kernel. Without a bias the
+            outputs are then exactly `kernel_scale * conv(x)`: a scale after the
+            convolution (such as the alpha of a BN-free residual branch) is applied to the
+            (filters,) gain instead of to every output.
         **kwargs: every argument of `larq.layers.QuantConv2D`.
 
     Returns:
@@ -112,14 +120,18 @@ class ScaledWSQuantConv2D(lq.layers.QuantConv2D):
         gamma: float = 1.0,
         eps: float = 1e-5,
         gain_initializer="ones",
+        kernel_scale: float = 1.0,
         **kwargs,
     ):
+        if not math.isfinite(kernel_scale):
+            raise ValueError(f"`kernel_scale` must be a finite number, got {kernel_scale}.")
         if eps < 0:
             raise ValueError(f"`eps` must be >= 0, got {eps}.")
         if not gamma > 0:
             raise ValueError(f"`gamma` must be > 0, got {gamma}.")
         self.gamma = float(gamma)
         self.eps = float(eps)
+        self.kernel_scale = float(kernel_scale)
         self.gain_initializer = tf.keras.initializers.get(gain_initializer)
         # larq warns that binary kernels without a `kernel_constraint` may starve. Not so
         # here: the quantizer sees the standardized kernel, |W_hat| ~ 1/sqrt(fan_in) << 1.
@@ -151,6 +163,7 @@ class ScaledWSQuantConv2D(lq.layers.QuantConv2D):
             "gamma": self.gamma,
             "eps": self.eps,
             "gain_initializer": tf.keras.initializers.serialize(self.gain_initializer),
+            "kernel_scale": self.kernel_scale,
         }
 
 

@@ -71,11 +71,13 @@ class Variant:
         binary_input: bool,
         binary_weight: bool,
         name: str,
+        kernel_scale: float = 1.0,
     ) -> tf.Tensor:
         """A convolution of this variant, followed by batch norm in the `bn` variant.
 
         `binary_weight` says whether the reference binarizes this convolution's weights in
-        stage 2; in stage 1 every weight is real.
+        stage 2; in stage 1 every weight is real. `kernel_scale` (BN-free variant only)
+        scales the outputs through the kernel.
         """
         binary_weight = binary_weight and self.binary_weights
         kwargs = dict(
@@ -90,8 +92,12 @@ class Variant:
             name=name,
         )
         if self.norm == "nobn":
-            x = larq_nobn.ScaledWSQuantConv2D(filters, kernel_size, **kwargs)(x)
+            x = larq_nobn.ScaledWSQuantConv2D(
+                filters, kernel_size, kernel_scale=kernel_scale, **kwargs
+            )(x)
         else:
+            if kernel_scale != 1.0:
+                raise ValueError(f"Only the nobn variant scales kernels, not {self.norm!r}.")
             # No kernel constraint, as in the reference: keep larq from warning about it.
             with larq_nobn.layers.silence_starved_weights_warning():
                 x = lq.layers.QuantConv2D(filters, kernel_size, **kwargs)(x)
@@ -109,11 +115,14 @@ class Variant:
         *,
         alpha: float,
         name: str,
-        alpha_name: str,
         strides: int = 1,
     ) -> tf.Tensor:
-        """A residual branch's binary-input convolution, times alpha in the BN-free variant."""
-        x = self.conv(
+        """A residual branch's binary-input convolution, times alpha in the BN-free variant.
+
+        The alpha is the convolution's `kernel_scale` (exactly `alpha * conv(x)`, as the
+        convolution has no bias), not a separate multiplication over its outputs.
+        """
+        return self.conv(
             x,
             filters,
             kernel_size,
@@ -121,8 +130,8 @@ class Variant:
             binary_input=True,
             binary_weight=True,
             name=name,
+            kernel_scale=alpha if self.scaled else 1.0,
         )
-        return scale(x, alpha, alpha_name) if self.scaled else x
 
     def beta(self, x: tf.Tensor, beta: float, name: str) -> tf.Tensor:
         """A block input scaled by beta (BN-free variant only)."""

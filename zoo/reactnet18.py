@@ -53,7 +53,6 @@ def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str)
         strides=spec.strides,
         alpha=alpha,
         name=f"{name}_conv3x3",
-        alpha_name=f"{name}_alpha",
     )
     shortcut = x
     if spec.downsample:

@@ -59,7 +59,6 @@ def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str)
         strides=spec.strides,
         alpha=alpha,
         name=f"{name}_conv3x3",
-        alpha_name=f"{name}_alpha1",
     )
     # The reference pools the beta-scaled input at a transition and keeps x otherwise.
     shortcut = x
@@ -83,7 +82,6 @@ def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str)
             1,
             alpha=alpha,
             name=f"{name}_conv1x1{suffix}",
-            alpha_name=f"{name}_alpha2{suffix}",
         )
         outputs.append(tf.keras.layers.Add(name=f"{name}_add2{suffix}")([out1, y]))
     out2 = (

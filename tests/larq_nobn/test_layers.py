@@ -242,12 +242,55 @@ def test_quantized_scope_reads_latent_or_effective_kernel():
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("quantizer", [None, "magnitude_aware_ste_sign", "ste_sign"])
+def test_kernel_scale_scales_the_outputs(quantizer):
+    """`kernel_scale=s` (folded into the gain) equals the layer's outputs times s, with the
+    same gradients, on both fused kernels and the generic path; and it matches NumPy."""
+    rng = np.random.default_rng(11)
+    x = tf.constant(rng.uniform(-1.5, 1.5, size=(2, 6, 6, 3)).astype(np.float32))
+    input_quantizer = None if quantizer is None else "approx_sign"
+    kwargs = dict(
+        padding="same", use_bias=False, input_quantizer=input_quantizer, kernel_quantizer=quantizer
+    )
+    scaled = ScaledWSQuantConv2D(4, 3, kernel_scale=0.3, **kwargs)
+    plain = ScaledWSQuantConv2D(4, 3, **kwargs)
+    w_np, gain_np = _build(scaled, x, 11)
+    plain(x)
+    plain.set_weights(scaled.get_weights())
+    assert scaled.kernel_scale == 0.3 and scaled.get_config()["kernel_scale"] == 0.3
+
+    upstream = tf.constant(rng.normal(size=(2, 6, 6, 4)).astype(np.float32))
+    results = []
+    for layer, factor in ((scaled, 1.0), (plain, 0.3)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x) * factor
+            loss = tf.reduce_sum(y * upstream)
+        grads = tape.gradient(loss, [x, layer.kernel.latent_variable, layer.gain])
+        results.append([y] + grads)
+    for name, got, want in zip(["output", "input", "kernel", "gain"], *results, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
+    if quantizer != "ste_sign":
+        binary = quantizer is not None
+        expected = 0.3 * _np_forward(x.numpy(), w_np, gain_np, "same", 1, binary=binary)
+        np.testing.assert_allclose(results[0][0].numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("binary", [False, True], ids=["fp", "binary"])
 def test_config_round_trip(binary):
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=(2, 6, 6, 3)).astype(np.float32))
     layer = _make_layer(
-        binary, 4, 3, "same", 2, gamma=1.6, eps=1e-3, gain_initializer="zeros", use_bias=True
+        binary,
+        4,
+        3,
+        "same",
+        2,
+        gamma=1.6,
+        eps=1e-3,
+        gain_initializer="zeros",
+        use_bias=True,
+        kernel_scale=-0.7,
     )
     _build(layer, x, 3)
     layer.bias.assign(rng.normal(size=4).astype(np.float32))
@@ -264,7 +307,7 @@ def test_config_round_trip(binary):
         tf.keras.layers.deserialize(tf.keras.layers.serialize(layer)),
     ):
         assert type(clone) is cls
-        assert clone.gamma == 1.6 and clone.eps == 1e-3
+        assert clone.gamma == 1.6 and clone.eps == 1e-3 and clone.kernel_scale == -0.7
         clone(x)
         np.testing.assert_array_equal(clone.gain.numpy(), np.zeros(4))  # gain_initializer
         clone.set_weights(layer.get_weights())
@@ -316,6 +359,9 @@ def test_scaled_ws_conv2d_rejects_quantizers(argument, value):
 def test_rejects_unsupported_options():
     with pytest.raises(ValueError):
         ScaledWSQuantConv2D(4, 3, eps=-1.0)
+    for scale in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="kernel_scale"):
+            ScaledWSQuantConv2D(4, 3, kernel_scale=scale)
     with pytest.raises(ValueError):
         ScaledWSQuantConv2D(4, 3, data_format="channels_first")
     with pytest.raises(ValueError):

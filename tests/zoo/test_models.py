@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import larq_nobn
 import zoo
 from zoo import reactnet18, reactnet_a
 
@@ -97,7 +98,11 @@ def test_reactnet18_beta_schedule():
 
 @pytest.mark.parametrize("name", ["reactnet_a", "reactnet18"])
 def test_models_use_alpha_and_betas(name):
-    """The nobn model scales by the schedule's values; bn and none never rescale."""
+    """The nobn model scales by the schedule's values; bn and none never rescale.
+
+    Betas are `Rescaling` layers; each alpha is the `kernel_scale` of a residual branch's
+    binary-input convolution (exactly alpha times its output: no bias).
+    """
     nobn = zoo.get_model(f"{name}_nobn", input_shape=SMALL, num_classes=10, alpha=0.3)
     scales = {layer.name: layer.scale for layer in layers_of(nobn, tf.keras.layers.Rescaling)}
     if name == "reactnet18":
@@ -112,9 +117,12 @@ def test_models_use_alpha_and_betas(name):
                 if beta != 1.0:
                     betas[f"block{i + 1}_{key}"] = beta
         n_alpha = 13 * 2 + 5
-    assert {k: v for k, v in scales.items() if "beta" in k} == pytest.approx(betas)
-    alphas = [v for k, v in scales.items() if "alpha" in k]
-    assert alphas == [0.3] * n_alpha
+    assert scales == pytest.approx(betas)
+    convs = layers_of(nobn, larq_nobn.ScaledWSQuantConv2D)
+    alphas = {c.name: c.kernel_scale for c in convs if c.input_quantizer is not None}
+    assert list(alphas.values()) == [0.3] * n_alpha
+    assert all(c.kernel_scale == 1.0 for c in convs if c.name not in alphas)
+    assert all(not c.use_bias for c in convs)
     for norm in ("bn", "none"):
         model = zoo.get_model(f"{name}_{norm}", input_shape=SMALL, num_classes=10)
         assert layers_of(model, tf.keras.layers.Rescaling) == []

@@ -85,7 +85,7 @@ class _Moments:
         self.eps = eps
         self.factor = scale / (self.std + eps)  # W_hat = centered * factor
 
-    def grad(self, g, matrix, row_scale, g_sum=None, g_dot_centered=None) -> tf.Tensor:
+    def grad(self, g, matrix, row_scale, g_sum=None, g_dot_centered=None, after=()) -> tf.Tensor:
         """The gradient through `W_hat = (W - mean) * factor` for `d W_hat = g * row_scale`.
 
         `dW = factor * (g' - mean(g') - (W - mean) * mean(g' * (W - mean)) / (std (std + eps)))`
@@ -93,7 +93,7 @@ class _Moments:
         the formula is expanded in W instead of W - mean (no centered copy), so the whole
         gradient costs five elementwise passes and two matrix-vector products. `g_sum` and
         `g_dot_centered` (column sums of g and of g * (W - mean)) can be passed in when the
-        caller has them.
+        caller has them; `after` lists other tensors computed from g.
         """
         if g_sum is None:
             g_sum = _column_reduce(g, mean=False)
@@ -102,9 +102,16 @@ class _Moments:
         coef = tf.math.divide_no_nan(g_dot_centered / self.fan_in, self.std * (self.std + self.eps))
         row = self.factor * row_scale
         centered_row = coef * row
-        return (
-            g * row - matrix * centered_row + (self.mean * centered_row - g_sum / self.fan_in * row)
-        )
+        # The full-size products wait for every reduction of g, so that `g * row` is g's
+        # last reader and TensorFlow can reuse g's buffer for it (it forwards an input
+        # buffer that nothing else will read): two kernel-sized arrays live at a time in
+        # this pass instead of up to four. The values are the same.
+        with tf.control_dependencies([g_sum, g_dot_centered, *after]):
+            return (
+                g * row
+                - matrix * centered_row
+                + (self.mean * centered_row - g_sum / self.fan_in * row)
+            )
 
     def dot_centered(self, g, matrix, g_sum) -> tf.Tensor:
         """Column sums of `g * (W - mean)`, as `sum(g * W) - mean * sum(g)`."""
@@ -224,7 +231,7 @@ def scaled_ws_kernel(
             else:
                 g_dot_centered = moments.dot_centered(g, matrix, g_sum)
                 d_gain = g_dot_centered * moments.factor
-            d_kernel = moments.grad(g, matrix, row_gain, g_sum, g_dot_centered)
+            d_kernel = moments.grad(g, matrix, row_gain, g_sum, g_dot_centered, after=[d_gain])
             return (
                 tf.cast(tf.reshape(d_kernel, shape), dtype),
                 tf.cast(tf.reshape(d_gain, [-1]), gain_dtype),

@@ -37,8 +37,7 @@ def weight_standardization_skipped():
         kernel = tf.convert_to_tensor(latent_kernel)
         if self.layer.kernel_quantizer is not None:
             kernel = self.layer.kernel_quantizer(kernel)
-        gain = self.layer.gain * self.layer.kernel_scale
-        return kernel * tf.cast(gain, kernel.dtype)
+        return kernel * tf.cast(self.scaled_gain(), kernel.dtype)
 
     original = layers._StandardizedKernel.__call__
     layers._StandardizedKernel.__call__ = skip

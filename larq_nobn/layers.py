@@ -44,12 +44,17 @@ class _StandardizedKernel:
         self.layer = layer
         self.precision = getattr(layer.kernel_quantizer, "precision", None) or 32
 
+    def scaled_gain(self) -> tf.Tensor:
+        """The per-channel factor of the kernel: `kernel_scale * gain`, shape (filters,)."""
+        gain = tf.convert_to_tensor(self.layer.gain)
+        if self.layer.kernel_scale != 1.0:
+            gain = gain * self.layer.kernel_scale  # a (filters,) product: free next to the kernel
+        return gain
+
     def __call__(self, latent_kernel):
         layer = self.layer
         latent_kernel = tf.convert_to_tensor(latent_kernel)
-        gain = tf.convert_to_tensor(layer.gain)
-        if layer.kernel_scale != 1.0:
-            gain = gain * layer.kernel_scale  # a (filters,) product: free next to the kernel
+        gain = self.scaled_gain()
         quantizer = layer.kernel_quantizer
         # The real-valued and the reference's binary kernel have a fused implementation;
         # any other quantizer is applied to the standardized kernel.

@@ -36,7 +36,7 @@ _check_keras_2()
 
 from larq_nobn.constraints import WeightStandardization  # noqa: E402
 from larq_nobn.layers import LearnableBias, ScaledWSConv2D, ScaledWSQuantConv2D  # noqa: E402
-from larq_nobn.optimizers import AGC, AdaptiveGradientClipping  # noqa: E402
+from larq_nobn.optimizers import AGC, AdaptiveGradientClipping, TorchAdam  # noqa: E402
 from larq_nobn.quantizers import MagnitudeAwareSteSign  # noqa: E402
 from larq_nobn.unitwise import (  # noqa: E402
     scaled_standardize,
@@ -54,6 +54,7 @@ __all__ = [
     "MagnitudeAwareSteSign",
     "ScaledWSConv2D",
     "ScaledWSQuantConv2D",
+    "TorchAdam",
     "WeightStandardization",
     "scaled_standardize",
     "scaled_ws_kernel",

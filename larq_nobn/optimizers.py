@@ -1,18 +1,22 @@
-"""Adaptive gradient clipping (AGC) as a wrapper around any tf-keras optimizer."""
+"""Adaptive gradient clipping (AGC) as a wrapper around any tf-keras optimizer, and
+PyTorch's Adam as a tf-keras optimizer."""
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
-from larq_nobn.unitwise import unitwise_norm
+from larq_nobn.unitwise import UNITS, unitwise_norm
 
 ExcludeType = None | str | Sequence[str] | Callable[[tf.Variable], bool]
+UnitsType = None | str | Mapping[str, str] | Callable[[tf.Variable], str]
 
 _MIN_GRAD_NORM = 1e-6
 
 
-def adaptive_clip(grad: tf.Tensor, weight: tf.Tensor, clip_factor: float, eps: float) -> tf.Tensor:
+def adaptive_clip(
+    grad: tf.Tensor, weight: tf.Tensor, clip_factor: float, eps: float, unit: str = "output"
+) -> tf.Tensor:
     """Clips `grad` unit-wise to `clip_factor * max(unitwise_norm(weight), eps)`.
 
     Where `unitwise_norm(grad)` exceeds that bound the unit's gradient is rescaled to it,
@@ -23,13 +27,14 @@ def adaptive_clip(grad: tf.Tensor, weight: tf.Tensor, clip_factor: float, eps: f
         weight: the variable (or its value).
         clip_factor: the largest allowed ratio of gradient norm to weight norm.
         eps: the smallest weight norm, so that zero-initialized weights can move.
+        unit: what one unit is (see `larq_nobn.unitwise.UNITS`).
 
     Returns:
         The clipped gradient.
     """
     weight = tf.cast(tf.convert_to_tensor(weight), grad.dtype)
-    max_norm = clip_factor * tf.maximum(unitwise_norm(weight), eps)
-    grad_norm = unitwise_norm(grad)
+    max_norm = clip_factor * tf.maximum(unitwise_norm(weight, unit), eps)
+    grad_norm = unitwise_norm(grad, unit)
     # One factor per unit (1 where the unit is not clipped), then one multiplication of the
     # gradient: the same values as selecting between `grad` and the rescaled gradient
     # element by element, in one pass over the gradient instead of three.
@@ -59,6 +64,38 @@ def _exclude_predicate(exclude: ExcludeType) -> Callable[[tf.Variable], bool]:
     return lambda variable: any(p.search(variable.name) for p in compiled)
 
 
+def _unit_rule(units: UnitsType) -> Callable[[tf.Variable], str]:
+    if callable(units):
+        return units
+    if units is None or isinstance(units, str):
+        unit = "output" if units is None else units
+        if unit not in UNITS:
+            raise ValueError(f"`units` must name one of {UNITS}, got {unit!r}.")
+        return lambda variable: unit
+    if not isinstance(units, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in units.items()
+    ):
+        raise TypeError(
+            "`units` must be None, a unit name, a mapping of regex strings to unit names or "
+            f"a callable taking a variable and returning a unit name; got {units!r}."
+        )
+    bad = sorted(set(units.values()) - set(UNITS))
+    if bad:
+        raise ValueError(f"`units` maps to unknown units {bad}; valid: {UNITS}.")
+    try:
+        rules = [(re.compile(pattern), unit) for pattern, unit in units.items()]
+    except re.error as error:
+        raise ValueError(f"`units` holds an invalid regular expression: {error}.") from error
+
+    def rule(variable: tf.Variable) -> str:
+        for pattern, unit in rules:
+            if pattern.search(variable.name):
+                return unit
+        return "output"
+
+    return rule
+
+
 @tf.keras.utils.register_keras_serializable(package="larq_nobn")
 class AdaptiveGradientClipping(
     tf.__internal__.tracking.DelegatingTrackableMixin, tf.keras.optimizers.Optimizer
@@ -85,6 +122,13 @@ class AdaptiveGradientClipping(
         exclude: variables not to clip: a regex (or a list of them) searched in
             `variable.name`, or a callable `variable -> bool`. The paper never clips the
             final classifier.
+        units: what one unit of each variable is (see `larq_nobn.unitwise.UNITS`): None
+            for NFNets' rule everywhere (per output unit, the last axis, for rank >= 2;
+            whole vectors), a unit name for every variable, a mapping `{regex: unit}`
+            (the first regex found in `variable.name` decides; NFNets' rule where none
+            is), or a callable `variable -> unit`. Reproducing a PyTorch model's AGC
+            needs its layout: a gain stored as (C, 1, 1, 1) there is clipped per
+            element, a PReLU slope (C,) as one vector.
 
     References:
         - [High-Performance Large-Scale Image Recognition Without Normalization](
@@ -98,6 +142,7 @@ class AdaptiveGradientClipping(
         clip_factor: float = 0.01,
         eps: float = 1e-3,
         exclude: ExcludeType = None,
+        units: UnitsType = None,
     ):
         if not isinstance(inner_optimizer, tf.keras.optimizers.Optimizer):
             legacy = isinstance(inner_optimizer, tf.keras.optimizers.legacy.Optimizer)
@@ -123,6 +168,8 @@ class AdaptiveGradientClipping(
             ("eps", float(eps)),
             ("exclude", exclude),
             ("_is_excluded", _exclude_predicate(exclude)),
+            ("units", dict(units) if isinstance(units, Mapping) else units),
+            ("_unit_of", _unit_rule(units)),
         ):
             object.__setattr__(self, name, value)
 
@@ -143,7 +190,9 @@ class AdaptiveGradientClipping(
             (
                 g
                 if g is None or self._is_excluded(v)
-                else adaptive_clip(tf.convert_to_tensor(g), v, self.clip_factor, self.eps),
+                else adaptive_clip(
+                    tf.convert_to_tensor(g), v, self.clip_factor, self.eps, self._unit_of(v)
+                ),
                 v,
             )
             for g, v in grads_and_vars
@@ -236,16 +285,19 @@ class AdaptiveGradientClipping(
 
     def get_config(self):
         exclude = self.exclude
-        if callable(exclude):
-            raise NotImplementedError(
-                "An AdaptiveGradientClipping with a callable `exclude` cannot be serialized; "
-                "use regex patterns, or save the model with include_optimizer=False."
-            )
+        for name, value in (("exclude", exclude), ("units", self.units)):
+            if callable(value):
+                raise NotImplementedError(
+                    f"An AdaptiveGradientClipping with a callable `{name}` cannot be "
+                    "serialized; use regex patterns, or save the model with "
+                    "include_optimizer=False."
+                )
         return {
             "inner_optimizer": tf.keras.optimizers.serialize(self._optimizer),
             "clip_factor": self.clip_factor,
             "eps": self.eps,
             "exclude": list(exclude) if isinstance(exclude, (list, tuple)) else exclude,
+            "units": self.units,
         }
 
     @classmethod
@@ -260,3 +312,123 @@ class AdaptiveGradientClipping(
 
 
 AGC = AdaptiveGradientClipping
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_nobn")
+class TorchAdam(tf.keras.optimizers.Adam):
+    """Adam as `torch.optim.Adam` computes it, for reproducing PyTorch recipes.
+
+    Two differences from `tf.keras.optimizers.Adam`:
+    - epsilon is added after the bias correction, `m_hat / (sqrt(v_hat) + epsilon)`; Keras
+      adds it to the uncorrected `sqrt(v)`, an effective epsilon `epsilon / sqrt(1 -
+      beta_2^t)`, 31.6x larger at step 1 (with `beta_2=0.999`), which matters when the
+      gradients are as small as AGC makes them;
+    - `weight_decay` is torch's: coupled L2, `weight_decay * W` added to the gradient
+      before the moments (not Keras' decoupled decay), after anything a wrapper such as
+      `AdaptiveGradientClipping` did to the gradient. `exclude_from_weight_decay` (the
+      argument, or Keras' method) selects the variables it spares.
+
+    With `amsgrad=True` the maximum of the second moments is kept, as torch does. Sparse
+    gradients are applied as dense ones (torch's Adam rejects them). The slots are Keras
+    Adam's (`m`, `v`, `vhat`), so checkpoints of either load into the other.
+
+    ```python
+    optimizer = TorchAdam(5e-4, epsilon=1e-8, weight_decay=1e-5,
+                          exclude_from_weight_decay=[r"/alpha:", r"^fc/"])
+    ```
+
+    Args:
+        learning_rate: a float or a `LearningRateSchedule`.
+        beta_1: the first moments' decay.
+        beta_2: the second moments' decay.
+        epsilon: added to the bias-corrected `sqrt(v_hat)`; torch's default is 1e-8.
+        amsgrad: whether to use the AMSGrad variant.
+        weight_decay: the coupled L2 factor (0 or None: none).
+        exclude_from_weight_decay: regexes searched in variable names; matching
+            variables are not decayed.
+        **kwargs: every other argument of `tf.keras.optimizers.Optimizer` (`clipnorm`,
+            `use_ema`, `jit_compile`, ...).
+
+    References:
+        - [Adam: A Method for Stochastic Optimization](https://arxiv.org/abs/1412.6980)
+        - [torch.optim.Adam](https://pytorch.org/docs/stable/generated/torch.optim.Adam.html)
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        amsgrad: bool = False,
+        weight_decay: float | None = None,
+        exclude_from_weight_decay: Sequence[str] | None = None,
+        name: str = "TorchAdam",
+        **kwargs,
+    ):
+        # Keras' Adam reformulates epsilon on request; this class always uses torch's.
+        if kwargs.pop("adaptive_epsilon", False):
+            raise ValueError("TorchAdam always adds epsilon after the bias correction.")
+        if weight_decay is not None and not weight_decay >= 0:
+            raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
+        if not epsilon > 0:
+            raise ValueError(f"`epsilon` must be > 0, got {epsilon}.")
+        super().__init__(
+            learning_rate=learning_rate,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            amsgrad=amsgrad,
+            weight_decay=weight_decay or None,
+            name=name,
+            **kwargs,
+        )
+        patterns = (
+            [exclude_from_weight_decay]
+            if isinstance(exclude_from_weight_decay, str)
+            else list(exclude_from_weight_decay or [])
+        )
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as error:
+                raise ValueError(
+                    f"`exclude_from_weight_decay` holds an invalid regex {pattern!r}: {error}."
+                ) from error
+        self.exclude_from_weight_decay(var_names=patterns)
+
+    def _apply_weight_decay(self, variables):
+        pass  # coupled: added to the gradient in `update_step`
+
+    def decays(self, variable: tf.Variable) -> bool:
+        """Whether `variable` gets the L2 term."""
+        return self.weight_decay is not None and self._use_weight_decay(variable)
+
+    def update_step(self, gradient, variable):
+        dtype = variable.dtype
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.convert_to_tensor(gradient)
+        lr = tf.cast(self.learning_rate, dtype)
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1 = tf.cast(self.beta_1, dtype)
+        beta_2 = tf.cast(self.beta_2, dtype)
+        index = self._index_dict[self._var_key(variable)]
+        m, v = self._momentums[index], self._velocities[index]
+
+        if self.decays(variable):
+            gradient = gradient + tf.cast(self.weight_decay, dtype) * variable
+        m.assign_add((gradient - m) * (1 - beta_1))
+        v.assign(v * beta_2 + tf.square(gradient) * (1 - beta_2))
+        if self.amsgrad:
+            v_hat = self._velocity_hats[index]
+            v_hat.assign(tf.maximum(v_hat, v))
+            v = v_hat
+        step_size = lr / (1 - tf.pow(beta_1, step))
+        denominator = tf.sqrt(v) / tf.sqrt(1 - tf.pow(beta_2, step)) + self.epsilon
+        variable.assign_sub(m / denominator * step_size)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("adaptive_epsilon", None)
+        config["exclude_from_weight_decay"] = list(self._exclude_from_weight_decay_names)
+        return config

@@ -12,25 +12,41 @@ def fan_in_axes(rank: int) -> list[int]:
     return list(range(rank - 1))
 
 
-def unitwise_norm(x: tf.Tensor) -> tf.Tensor:
-    """L2 norm of `x` per output unit, broadcastable against `x`.
+UNITS = ("output", "element", "tensor")
+"""What one unit of a weight is, for `unitwise_norm` and AGC:
+- "output": NFNets' rule: per output unit (the last axis) for rank >= 2, else the tensor;
+- "element": every element on its own;
+- "tensor": the whole tensor as one unit.
+"""
 
-    For a kernel of rank >= 2 the norm is taken over every axis but the last (one norm
-    per output unit, shape (1, ..., 1, out)); for vectors and scalars it is the norm of
-    the whole tensor, as in NFNets and the reference `agc.py`.
+
+def unitwise_norm(x: tf.Tensor, unit: str = "output") -> tf.Tensor:
+    """L2 norm of `x` per unit, broadcastable against `x`.
+
+    With the default `unit="output"`, for a kernel of rank >= 2 the norm is taken over
+    every axis but the last (one norm per output unit, shape (1, ..., 1, out)); for vectors
+    and scalars it is the norm of the whole tensor, as in NFNets and the reference
+    `agc.py`. `"element"` gives `|x|`, `"tensor"` the norm of the whole tensor (a scalar):
+    what the reference's rule gives a parameter whose PyTorch layout differs from its
+    Keras one (a (C, 1, 1, 1) gain, a (C,) PReLU slope).
 
     Args:
         x: a weight or gradient tensor.
+        unit: one of `UNITS`.
 
     Returns:
-        The norms, with the rank of `x` (a scalar for rank <= 1).
+        The norms, with the rank of `x` (a scalar for rank <= 1 or `unit="tensor"`).
 
     References:
         - [High-Performance Large-Scale Image Recognition Without Normalization](
           https://arxiv.org/abs/2102.06171)
     """
     x = tf.convert_to_tensor(x)
-    if x.shape.rank is None or x.shape.rank <= 1:
+    if unit == "element":
+        return tf.abs(x)
+    if unit not in UNITS:
+        raise ValueError(f"`unit` must be one of {UNITS}, got {unit!r}.")
+    if unit == "tensor" or x.shape.rank is None or x.shape.rank <= 1:
         return tf.norm(x)
     # This runs on every weight and every gradient in each AGC step: see `_per_unit`.
     return tf.sqrt(_per_unit(tf.square(x), mean=False))

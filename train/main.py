@@ -32,7 +32,11 @@ flags.DEFINE_list("stages", ["1", "2"], "1 (binary activations), 2 (binary weigh
 flags.DEFINE_integer("epochs", None, "epochs per stage (default per dataset; 256 for the paper)")
 flags.DEFINE_integer("batch_size", None, "global batch size (default per dataset; 256)")
 flags.DEFINE_float("learning_rate", recipe.LEARNING_RATE, "Adam, decayed linearly to 0")
-flags.DEFINE_float("weight_decay", None, "L2 on conv kernels (default 1e-5 stage 1, 0 stage 2)")
+flags.DEFINE_float(
+    "weight_decay",
+    None,
+    "Adam's coupled L2 on kernels, gains and learnable biases (default 1e-5 stage 1, 0 stage 2)",
+)
 flags.DEFINE_float("agc_clip", recipe.AGC_CLIP, "AGC clip factor; 0 disables AGC")
 flags.DEFINE_string("loss", "ce", "ce, ls (label smoothing 0.1) or kd (needs --teacher)")
 flags.DEFINE_string("teacher", None, "saved Keras model used as teacher by --loss kd")

@@ -1,10 +1,9 @@
-"""The paper's training recipe: schedule, optimizer with AGC, losses, weight decay.
+"""The paper's training recipe: schedule, optimizer (AGC, weight decay, Adam), losses.
 
 Numbers come from the reference scripts of "BNN - BN = ?" (VITA-Group/BNN_NoBN,
 `train.py` and `script/*.sh`).
 """
 
-import larq as lq
 import tensorflow as tf
 
 import larq_nobn
@@ -15,6 +14,14 @@ WEIGHT_DECAY = {1: 1e-5, 2: 0.0}  # per stage
 AGC_CLIP = 0.02
 AGC_EPS = 1e-3
 AGC_EXCLUDE = r"^fc/"  # the final classifier is never clipped
+# AGC's unit per parameter follows the reference's PyTorch layout, which differs from the
+# Keras one for two kinds: a gain is (C, 1, 1, 1) there (each channel clipped on its own),
+# a PReLU slope (C,) (one vector). Kernels (per output channel), LearnableBias and BN
+# vectors (whole) get the same units from the default rule.
+AGC_UNITS = {r"/gain:\d+$": "element", r"/alpha:\d+$": "tensor"}
+# The reference decays every parameter that is 4-D in its layout (conv kernels, gains,
+# LearnableBias shifts), not PReLU slopes, BN's gamma and beta, nor the classifier.
+DECAY_EXCLUDE = (r"/alpha:\d+$", r"/gamma:\d+$", r"/beta:\d+$", r"^fc/")
 LABEL_SMOOTHING = 0.1
 BATCH_SIZE = 256
 LOSSES = ("ce", "ls", "kd")
@@ -44,35 +51,27 @@ class LinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
 
 
 def optimizer(
-    learning_rate: float, total_steps: int, agc_clip: float
+    learning_rate: float, total_steps: int, agc_clip: float, weight_decay: float = 0.0
 ) -> tf.keras.optimizers.Optimizer:
-    """Adam with the linear schedule, wrapped in AGC unless `agc_clip` is 0."""
-    adam = tf.keras.optimizers.Adam(LinearDecay(learning_rate, total_steps), epsilon=ADAM_EPSILON)
+    """The reference's optimizer step for the zoo models.
+
+    `torch.optim.Adam` (epsilon after the bias correction) with the linear schedule and
+    coupled L2 `weight_decay` on the reference's set (`DECAY_EXCLUDE` spares the rest),
+    wrapped in AGC (clip `agc_clip`, units as in the reference's layouts) unless
+    `agc_clip` is 0. Order, as in the reference: AGC clips the data gradient, then Adam
+    adds `weight_decay * W` and updates.
+    """
+    adam = larq_nobn.TorchAdam(
+        LinearDecay(learning_rate, total_steps),
+        epsilon=ADAM_EPSILON,
+        weight_decay=weight_decay,
+        exclude_from_weight_decay=DECAY_EXCLUDE,
+    )
     if agc_clip == 0:
         return adam
-    return larq_nobn.AGC(adam, clip_factor=agc_clip, eps=AGC_EPS, exclude=AGC_EXCLUDE)
-
-
-def conv_kernels(model: tf.keras.Model) -> list[tf.Variable]:
-    """The latent kernels of every convolution (where the reference applies weight decay)."""
-    return [layer.kernel for layer in model.submodules if isinstance(layer, tf.keras.layers.Conv2D)]
-
-
-def add_weight_decay(model: tf.keras.Model, weight_decay: float) -> None:
-    """Coupled L2 on convolution kernels: adds `weight_decay * W` to their gradients.
-
-    The reference adds it inside `optimizer.step`, after AGC; here it is a loss term, so
-    AGC clips it together with the data gradient. At 1e-5 the difference is negligible.
-    """
-    if weight_decay == 0:
-        return
-    kernels = conv_kernels(model)
-
-    def l2_loss():
-        with lq.context.quantized_scope(False):  # the latent weights
-            return 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
-
-    model.add_loss(l2_loss)
+    return larq_nobn.AGC(
+        adam, clip_factor=agc_clip, eps=AGC_EPS, exclude=AGC_EXCLUDE, units=AGC_UNITS
+    )
 
 
 @tf.keras.utils.register_keras_serializable(package="larq_nobn_train")
@@ -130,7 +129,7 @@ class Distillation(tf.keras.Model):
         per_example = distribution_loss(self.teacher(x, training=False), y_pred)
         # Per replica, divided by the global batch: the sum over replicas is the mean.
         loss = tf.nn.compute_average_loss(per_example)
-        if self.student.losses:
+        if self.student.losses:  # a user's regularizers; the recipe's decay is Adam's
             loss += tf.nn.scale_regularization_loss(tf.add_n(self.student.losses))
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self.loss_tracker.update_state(loss * replicas)

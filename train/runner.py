@@ -196,14 +196,16 @@ class Run:
         config = self.config
         with self.strategy.scope():
             student = self.student(stage)
-            recipe.add_weight_decay(student, config.weight_decay_for(stage))
             model = student
             loss = recipe.loss(config.loss, self.info.num_classes)
             if self.teacher is not None:
                 model, loss = recipe.Distillation(student, self.teacher), None
             model.compile(
                 optimizer=recipe.optimizer(
-                    config.learning_rate, config.epochs * self.steps_per_epoch, config.agc_clip
+                    config.learning_rate,
+                    config.epochs * self.steps_per_epoch,
+                    config.agc_clip,
+                    weight_decay=config.weight_decay_for(stage),
                 ),
                 loss=loss,
                 metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],

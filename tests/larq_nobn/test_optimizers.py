@@ -204,6 +204,70 @@ def test_exclude_patterns_and_predicates(exclude, excluded):
         np.testing.assert_allclose(update, expected, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.parametrize(
+    "units, expected",
+    [
+        (None, {"conv/kernel": "output", "conv/bias": "output", "dense/kernel": "output"}),
+        ("element", {"conv/kernel": "element", "conv/bias": "element", "dense/kernel": "element"}),
+        (
+            {"/bias": "element", "dense": "tensor", "kernel": "element"},
+            {"conv/kernel": "element", "conv/bias": "element", "dense/kernel": "tensor"},
+        ),
+        (
+            lambda v: "tensor" if v.shape.rank == 4 else "output",
+            {"conv/kernel": "tensor", "conv/bias": "output", "dense/kernel": "output"},
+        ),
+    ],
+)
+def test_units_per_variable(units, expected):
+    """Each variable is clipped with its unit: the first regex that matches decides."""
+    variables, grads = _variables_and_big_gradients()
+    for name, v in variables.items():  # gradients of mixed size, so units differ
+        spread = np.linspace(0.001, 1, grads[name].size).reshape(v.shape)
+        grads[name] = (grads[name] * spread).astype(np.float32)
+    agc = AGC(_sgd(1.0), clip_factor=0.05, units=units)
+    clipped = dict(
+        zip(
+            variables,
+            agc.clip_gradients([(tf.constant(grads[n]), v) for n, v in variables.items()]),
+            strict=True,
+        )
+    )
+    for name, (g, v) in clipped.items():
+        w = v.numpy().astype(np.float64)
+        norm = {
+            "output": _np_unitwise_norm,
+            "element": np.abs,
+            "tensor": lambda x: np.sqrt(np.sum(x**2)),
+        }[expected[name]]
+        max_norm = 0.05 * np.maximum(norm(w), 1e-3)
+        g_norm = norm(grads[name].astype(np.float64))
+        reference = np.where(g_norm > max_norm, grads[name] * max_norm / g_norm, grads[name])
+        np.testing.assert_allclose(g.numpy(), reference, rtol=2e-5, err_msg=name)
+        # On a vector "output" and "tensor" are the same rule.
+        vector_rule = v.shape.rank <= 1 and expected[name] != "element"
+        others = {"output", "element", "tensor"} - {expected[name]}
+        others -= {"output", "tensor"} if vector_rule else set()
+        for other in others:  # the unit matters for these gradients
+            assert not np.allclose(
+                adaptive_clip(tf.constant(grads[name]), v, 0.05, 1e-3, other).numpy(), reference
+            ), (name, other)
+
+
+@pytest.mark.parametrize(
+    "units, error",
+    [
+        ("channel", ValueError),
+        ({"a": "row"}, ValueError),
+        ({"(": "tensor"}, ValueError),
+        (3, TypeError),
+    ],
+)
+def test_rejects_bad_units(units, error):
+    with pytest.raises(error):
+        AGC(_sgd(), units=units)
+
+
 def test_none_gradients_pass_through():
     variables, grads = _variables_and_big_gradients()
     before = {n: v.numpy() for n, v in variables.items()}
@@ -368,16 +432,21 @@ def test_keras_save_load_and_continue_training(tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-8)
 
 
-def test_get_config_with_callable_exclude_is_not_serializable():
-    agc = AGC(_sgd(), exclude=lambda v: False)
-    with pytest.raises(NotImplementedError):
+@pytest.mark.parametrize("kwargs", [{"exclude": lambda v: False}, {"units": lambda v: "tensor"}])
+def test_get_config_with_callable_exclude_or_units_is_not_serializable(kwargs):
+    agc = AGC(_sgd(), **kwargs)
+    with pytest.raises(NotImplementedError, match=next(iter(kwargs))):
         agc.get_config()
 
 
 def test_config_round_trip():
-    agc = AGC(tf.keras.optimizers.Adam(0.003), 0.05, eps=1e-2, exclude="dense")
+    units = {"/gain:": "element", "/alpha:": "tensor"}
+    agc = AGC(tf.keras.optimizers.Adam(0.003), 0.05, eps=1e-2, exclude="dense", units=units)
     restored = AdaptiveGradientClipping.from_config(agc.get_config())
     assert restored.clip_factor == 0.05 and restored.eps == 1e-2 and restored.exclude == "dense"
+    assert restored.units == units
+    gain = tf.Variable(tf.ones(3), name="conv/gain")
+    assert restored._unit_of(gain) == "element"
     assert isinstance(restored.inner_optimizer, tf.keras.optimizers.Adam)
     assert float(restored.learning_rate) == pytest.approx(0.003)
     serialized = tf.keras.optimizers.serialize(agc)

@@ -52,6 +52,25 @@ def test_unitwise_norm_kernels(shape, expected_shape):
     np.testing.assert_allclose(norm2[..., 1:], norm[..., 1:], rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(3, 3, 2, 4), (1, 1, 6), (5,)])
+def test_unitwise_norm_element_and_tensor_units(shape):
+    x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    element = unitwise_norm(tf.constant(x), "element").numpy()
+    assert element.shape == shape
+    np.testing.assert_allclose(element, np.abs(x), rtol=1e-7)
+    tensor = unitwise_norm(tf.constant(x), "tensor").numpy()
+    assert tensor.shape == ()
+    np.testing.assert_allclose(tensor, np.sqrt(np.sum(x.astype(np.float64) ** 2)), rtol=1e-6)
+    np.testing.assert_array_equal(
+        unitwise_norm(tf.constant(x), "output").numpy(), unitwise_norm(tf.constant(x)).numpy()
+    )
+
+
+def test_unitwise_norm_rejects_unknown_units():
+    with pytest.raises(ValueError, match="element"):
+        unitwise_norm(tf.ones((2, 2)), "channel")
+
+
 @pytest.mark.parametrize("shape", [(5,), (1,), ()])
 def test_unitwise_norm_vectors_and_scalars(shape):
     x = np.random.default_rng(1).normal(size=shape).astype(np.float32) - 0.3

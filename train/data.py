@@ -1,9 +1,11 @@
 """Input pipelines for training binary networks (digits, Fashion-MNIST, CIFAR, ImageNet, synthetic).
 
-Every pipeline yields batches of ``(float32 NHWC images, int32 labels)``. Training augmentation
-uses stateless random ops whose seeds come from a seeded ``tf.data.Dataset.random`` stream, so
-two pipelines built with the same ``seed`` produce the same batches while every epoch still sees
-fresh augmentations and a fresh shuffle order.
+Every pipeline yields batches of ``(float32 NHWC images, int32 labels)``. The training batches
+of an epoch are a function of ``(seed, stream, epoch)`` only: the shuffle order and the seeds of
+the stateless augmentation ops are derived from that key, never from how many times this
+process iterated a dataset before. A resumed run, a skipped stage or a restarted worker sees
+exactly the data an uninterrupted run sees, while every epoch still gets a fresh order and
+fresh augmentations.
 """
 
 from __future__ import annotations
@@ -441,7 +443,14 @@ def _imagenet(
         data_dir,
         shuffle_files=True,
         decoders=skip,
-        read_config=tfds.ReadConfig(shuffle_seed=seed, input_context=input_context),
+        # A fixed file order (a function of the seed): reshuffling files per iteration would
+        # make an epoch's data depend on the iterations before it in this process. The
+        # per-epoch element shuffle below reorders within its buffer.
+        read_config=tfds.ReadConfig(
+            shuffle_seed=seed,
+            shuffle_reshuffle_each_iteration=False,
+            input_context=input_context,
+        ),
     )
     test = _tfds_load("imagenet2012", "validation", data_dir, decoders=skip)
     size = image_size or 224
@@ -513,12 +522,24 @@ def load(
     num_classes: int | None = None,
     synthetic_examples: int = 512,
     input_context: tf.distribute.InputContext | None = None,
+    stream: int = 0,
+    first_epoch: int = 0,
+    epochs: int = 1,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, DatasetInfo]:
     """Returns (train, test, info): batched, prefetched (float32 NHWC images, int32 labels).
+
+    ``train`` holds the batches of epochs ``first_epoch, ..., first_epoch + epochs - 1`` (0-based)
+    of ``stream``, one epoch after the other, ``train_examples // batch`` batches each (the
+    remainder is dropped). Each epoch's batches are a function of ``(seed, stream, epoch)``
+    only: every iteration of ``train`` yields the same batches, and ``first_epoch=k`` yields
+    the batches that epoch k has in a dataset that starts at 0. The training program uses one
+    stream per stage.
 
     ``num_classes`` and ``synthetic_examples`` only apply to "synthetic". With ``input_context``
     the train split is sharded per input pipeline and both splits are batched per replica.
     """
+    if first_epoch < 0 or epochs <= 0:
+        raise ValueError(f"need first_epoch >= 0 and epochs > 0, got {first_epoch}, {epochs}")
     if name not in DATASET_NAMES:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     if global_batch_size <= 0:
@@ -559,19 +580,25 @@ def load(
         train, test = train.cache(), test.cache()
 
     buffer = src.shuffle_buffer or max(1, -(-src.train_examples // num_pipelines))
-    train = train.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    # One random int64 per element (new values every epoch, reproducible from `seed`) seeds the
-    # stateless augmentation ops, so parallel maps stay deterministic.
-    randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    train = tf.data.Dataset.zip((train, randoms))
-    train = train.map(
-        lambda example, r: (
-            src.train_map(example[0], tf.stack([r, tf.constant(seed, tf.int64)])),
-            as_label(example[1]),
-        ),
-        num_parallel_calls=AUTOTUNE,
-    )
-    train = train.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    stream_key = tf.constant([seed, stream], tf.int64)
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        key = tf.random.experimental.stateless_fold_in(stream_key, epoch)
+        order_seed = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
+        examples = train.shuffle(buffer, seed=order_seed, reshuffle_each_iteration=False)
+        # Each example's augmentation seed: the epoch's key folded with its position, so
+        # parallel maps stay deterministic.
+        examples = examples.enumerate().map(
+            lambda index, example: (
+                src.train_map(example[0], tf.random.experimental.stateless_fold_in(key, index)),
+                as_label(example[1]),
+            ),
+            num_parallel_calls=AUTOTUNE,
+        )
+        return examples.batch(batch_size, drop_remainder=True)
+
+    train = tf.data.Dataset.range(first_epoch, first_epoch + epochs).flat_map(one_epoch)
+    train = train.prefetch(AUTOTUNE)
 
     test = test.map(lambda x, y: (src.test_map(x), as_label(y)), num_parallel_calls=AUTOTUNE)
     test = test.batch(batch_size, drop_remainder=False).prefetch(AUTOTUNE)

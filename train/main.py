@@ -113,8 +113,8 @@ def make_deterministic() -> None:
     """Same seed and flags, same weights, bit for bit, in any process.
 
     Op determinism alone is not enough on CPUs: Grappler's arithmetic optimizer rewrites
-    gradient sums (here, the weight-decay term joining a kernel's data gradient) into
-    forms whose float additions happen in the order inter-op threads finish.
+    gradient sums (where residual branches join) into forms whose float additions happen
+    in the order inter-op threads finish.
     """
     import tensorflow as tf
 

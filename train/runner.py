@@ -122,25 +122,42 @@ class Run:
         if config.mixed_precision != "float32":
             tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
         self.chief = is_chief(self.strategy)
-        self.train_ds, self.test_ds, self.info = data.load(
+        _, self.test_ds, self.info = self.load_data(stream=0, first_epoch=0)
+        self.steps_per_epoch = self.info.train_examples // config.batch_size
+        self.teacher = None
+        self.init_weights: list | None = None  # --init_from, read by preflight
+        if config.loss == "kd":
+            self.teacher = self._load_teacher()
+
+    def load_data(self, stream: int, first_epoch: int, epochs: int = 1):
+        """`data.load` for this run: (train, test, info), auto-sharded by data."""
+        config = self.config
+        train_ds, test_ds, info = data.load(
             config.dataset,
             global_batch_size=config.batch_size,
             seed=config.seed,
             data_dir=config.data_dir,
             train_subset=config.train_subset,
             image_size=config.image_size,
+            stream=stream,
+            first_epoch=first_epoch,
+            epochs=epochs,
         )
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA
         )
-        self.train_ds = self.train_ds.with_options(options)
-        self.test_ds = self.test_ds.with_options(options)
-        self.steps_per_epoch = self.info.train_examples // config.batch_size
-        self.teacher = None
-        self.init_weights: list | None = None  # --init_from, read by preflight
-        if config.loss == "kd":
-            self.teacher = self._load_teacher()
+        return train_ds.with_options(options), test_ds.with_options(options), info
+
+    def train_data(self, stage: int, first_epoch: int) -> tf.data.Dataset:
+        """The batches of `stage`'s epochs from `first_epoch` (0-based) to the last.
+
+        Each epoch's batches depend on the seed, the stage and the epoch only (see
+        `data.load`), so a resumed stage, a stage run after a skipped one and a restarted
+        worker see the batches of an uninterrupted run.
+        """
+        train_ds, _, _ = self.load_data(stage, first_epoch, self.config.epochs - first_epoch)
+        return train_ds
 
     def _load_teacher(self) -> tf.keras.Model:
         with self.strategy.scope():
@@ -194,6 +211,9 @@ class Run:
     def build(self, stage: int) -> tuple[tf.keras.Model, tf.keras.Model]:
         """(trained model, student) of a stage, compiled inside the strategy scope."""
         config = self.config
+        # The stage's initial weights depend on the seed and the stage only, not on what
+        # this process built before (a rerun may start at stage 2).
+        tf.keras.utils.set_random_seed(config.seed * len(zoo.STAGES) + stage)
         with self.strategy.scope():
             student = self.student(stage)
             model = student
@@ -233,17 +253,6 @@ class Run:
                 f"the workers restored different epochs (this one: {epochs_done}); "
                 "--model_dir must be one directory every worker can read"
             )
-
-    def skip_epochs(self, epochs: int) -> None:
-        """Puts `train_ds` at the data of epoch `epochs + 1`, for a resumed run.
-
-        Every iterator of `train_ds` draws a new shuffle order and new augmentation seeds
-        from the dataset's seeded generators, and `fit` makes one iterator before the first
-        epoch and one per epoch. Making (and dropping) one per epoch already done gives the
-        resumed epochs the data they had in an uninterrupted run (not epoch 1's again).
-        """
-        for _ in range(epochs):
-            iter(self.train_ds)
 
     def stage_dir(self, stage: int) -> str:
         return os.path.join(self.config.model_dir, f"stage{stage}")
@@ -366,10 +375,10 @@ class Run:
                 tf.keras.callbacks.TensorBoard(os.path.join(stage_dir, "logs"), profile_batch=0)
             )
         if initial_epoch < config.epochs:
-            self.skip_epochs(initial_epoch)
             model.fit(
-                self.train_ds,
+                self.train_data(stage, initial_epoch),
                 epochs=config.epochs,
+                steps_per_epoch=self.steps_per_epoch,
                 initial_epoch=initial_epoch,
                 validation_data=self.test_ds,
                 callbacks=callbacks,

@@ -114,16 +114,46 @@ def test_digits_augmentation_is_translation_without_flip():
     assert len({o.tobytes() for o in outputs}) > 3
 
 
+def _images(train) -> list[np.ndarray]:
+    return [images.numpy() for images, _ in train]
+
+
 def test_same_seed_same_first_batch_and_epochs_differ():
     first = [next(iter(data.load("digits", global_batch_size=32, seed=s)[0])) for s in (7, 7, 8)]
     np.testing.assert_array_equal(first[0][0], first[1][0])
     np.testing.assert_array_equal(first[0][1], first[1][1])
     assert not np.array_equal(first[0][0], first[2][0])
 
-    train, _, _ = data.load("digits", global_batch_size=32, seed=7)
-    epoch1, epoch2 = next(iter(train)), next(iter(train))
-    np.testing.assert_array_equal(epoch1[0], first[0][0])
-    assert not np.array_equal(epoch1[0], epoch2[0])  # reshuffled / re-augmented each epoch
+    train, _, info = data.load("digits", global_batch_size=32, seed=7, epochs=2)
+    steps = info.train_examples // 32
+    batches = _images(train)
+    assert len(batches) == 2 * steps  # two epochs, one after the other
+    np.testing.assert_array_equal(batches[0], first[0][0])
+    assert not np.array_equal(batches[0], batches[steps])  # reshuffled / re-augmented
+
+
+def test_an_epochs_batches_depend_on_seed_stream_and_epoch_only():
+    """Whatever was iterated before, in this process or another: a dataset that starts at
+    epoch 2 yields epoch 2 of one that starts at 0; every iteration yields the same
+    batches; another stream (the program's stage) has other batches."""
+    train, _, info = data.load("digits", global_batch_size=32, seed=7, epochs=3)
+    steps = info.train_examples // 32
+    whole = _images(train)
+    assert len(whole) == 3 * steps
+    again = _images(train)  # a second iterator of the same dataset
+    assert all(np.array_equal(a, b) for a, b in zip(whole, again, strict=True))
+    later, _, _ = data.load("digits", global_batch_size=32, seed=7, first_epoch=2)
+    later = _images(later)
+    assert len(later) == steps
+    assert all(np.array_equal(a, b) for a, b in zip(later, whole[2 * steps :], strict=True))
+    other_stream, _, _ = data.load("digits", global_batch_size=32, seed=7, stream=2)
+    assert not np.array_equal(next(iter(other_stream))[0].numpy(), whole[0])
+
+
+@pytest.mark.parametrize("first_epoch, epochs", [(-1, 1), (0, 0)])
+def test_bad_epoch_range(first_epoch, epochs):
+    with pytest.raises(ValueError, match="epoch"):
+        data.load("synthetic", global_batch_size=8, first_epoch=first_epoch, epochs=epochs)
 
 
 # ----------------------------------------------------------------------------- distribution

@@ -437,11 +437,18 @@ class _LabelRecorder(tf.keras.Model):
         return {}
 
 
-def _epoch_data(run: runner.Run, epochs: int, initial_epoch: int = 0) -> list[np.ndarray]:
+def _epoch_data(run: runner.Run, stage: int, epochs: int, initial_epoch: int = 0):
+    """The batches `fit` trains on in epochs `initial_epoch + 1 ... epochs` of `stage`,
+    fed as the program feeds them, one array per epoch."""
     model = _LabelRecorder()
     model.compile(optimizer="sgd", run_eagerly=True)
-    run.skip_epochs(initial_epoch)
-    model.fit(run.train_ds, epochs=epochs, initial_epoch=initial_epoch, verbose=0)
+    model.fit(
+        run.train_data(stage, initial_epoch),
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=run.steps_per_epoch,
+        verbose=0,
+    )
     steps = run.steps_per_epoch
     return [
         np.concatenate(model.batches[i : i + steps]) for i in range(0, len(model.batches), steps)
@@ -449,21 +456,26 @@ def _epoch_data(run: runner.Run, epochs: int, initial_epoch: int = 0) -> list[np
 
 
 def test_a_resumed_run_sees_the_data_of_an_uninterrupted_one():
-    """`fit` from `initial_epoch=2` after `Run.skip_epochs(2)` (what a resumed run does)
-    gets epoch 3's shuffle order and augmentation, not epoch 1's again.
+    """The batches of (stage, epoch) do not depend on what the process did before: stage 2
+    after stage 1 in one process, stage 2 in a fresh process (a rerun that finds stage 1
+    finished), and stage 2 resumed after its first epoch all get the same data.
 
-    (The SIGKILL test checks the consequence: the resumed run's final weights equal an
-    uninterrupted run's bit for bit.)
+    (The SIGKILL tests check the consequence: final weights equal an uninterrupted run's.)
     """
-    config = tiny_config(epochs=3, seed=5)
-    whole = _epoch_data(runner.Run(config), epochs=3)
-    assert len(whole) == 3 and not np.array_equal(whole[0], whole[2])  # reshuffled
-    resumed = _epoch_data(runner.Run(config), epochs=3, initial_epoch=2)
-    assert len(resumed) == 1
-    np.testing.assert_array_equal(resumed[0], whole[2])
-    without_skip = runner.Run(config)
-    without_skip.skip_epochs = lambda epochs: None
-    assert not np.array_equal(_epoch_data(without_skip, 3, initial_epoch=2)[0], whole[2])
+    config = tiny_config(epochs=3, seed=5, stages=(1, 2))
+    one_process = runner.Run(config)
+    stage1 = _epoch_data(one_process, 1, epochs=3)
+    stage2 = _epoch_data(one_process, 2, epochs=3)
+    assert len(stage1) == len(stage2) == 3
+    assert not np.array_equal(stage1[0], stage1[2])  # reshuffled every epoch
+    assert not np.array_equal(stage1[0], stage2[0])  # and per stage
+    rerun = _epoch_data(runner.Run(config), 2, epochs=3)
+    resumed = _epoch_data(runner.Run(config), 2, epochs=3, initial_epoch=1)
+    assert len(resumed) == 2
+    for a, b in zip(rerun, stage2, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(resumed, stage2[1:], strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 # ----------------------------------------------------------------------------- 2. workers

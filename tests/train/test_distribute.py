@@ -90,13 +90,6 @@ def checkpoint_tensors(path) -> dict[str, np.ndarray]:
     }
 
 
-def optimizer_iterations(model_dir) -> int:
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "stage1", "checkpoints"))
-    tensors = checkpoint_tensors(latest)
-    (value,) = [v for k, v in tensors.items() if k.startswith("optimizer/") and "iter" in k]
-    return int(value)
-
-
 def program_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", runner.TEST_FAULT_ENV)}
     env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
@@ -380,44 +373,101 @@ def test_a_kill_between_history_and_checkpoint_neither_repeats_nor_skips(tmp_pat
 # ----------------------------------------------------------------------------- 3. resume
 
 
-def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path):
-    """A run killed with SIGKILL after its first checkpoint resumes from it and ends with
-    epochs 1..3 in its history, each once, and with the final weights of an uninterrupted
-    run, bit for bit (the resumed run restarts from an epoch boundary's checkpoint)."""
-    args = [*MODEL, "--dataset=digits", "--stages=1", "--train_subset=256", "--batch_size=32"]
-    args += ["--epochs=3", "--deterministic", "--seed=5", "--verbose=0"]
+def optimizer_iterations(model_dir, stage: int = 1) -> int:
+    checkpoints = os.path.join(model_dir, f"stage{stage}", "checkpoints")
+    tensors = checkpoint_tensors(tf.train.latest_checkpoint(checkpoints))
+    (value,) = [v for k, v in tensors.items() if k.startswith("optimizer/") and "iter" in k]
+    return int(value)
+
+
+def _checkpoint_being_written(model_dir) -> bool:
+    """A checkpoint write is under way: its shards' temporary directory exists."""
+    for stage in ("stage1", "stage2"):
+        directory = os.path.join(model_dir, stage, "checkpoints")
+        if os.path.isdir(directory) and any(n.endswith("_temp") for n in os.listdir(directory)):
+            return True
+    return False
+
+
+def _run_state(model_dir) -> dict[str, bool]:
+    def exists(*parts):
+        return os.path.exists(os.path.join(model_dir, *parts))
+
+    return {
+        "config": exists("config.json"),
+        "writing": _checkpoint_being_written(model_dir),
+        "stage1 checkpoints": exists("stage1", "checkpoints", "checkpoint"),
+        "stage1 finished": exists("stage1", "metrics.json"),
+        "stage2 checkpoints": exists("stage2", "checkpoints", "checkpoint"),
+        "stage2 finished": exists("stage2", "metrics.json"),
+    }
+
+
+def _kill_moments(model_dir: str) -> list[tuple[str, object]]:
+    """(moment, trigger) in the order a run reaches them; a trigger is a delay in seconds
+    after the start, or a predicate polled until it holds."""
+
+    def exists(*parts):
+        return lambda: os.path.exists(os.path.join(model_dir, *parts))
+
+    return [
+        ("start-up", 1.0),
+        ("checkpoint write", lambda: _checkpoint_being_written(model_dir)),
+        ("stage-1 epoch 2", exists("stage1", "checkpoints", "checkpoint")),
+        ("stage handoff", exists("stage1", "metrics.json")),
+        ("stage-2 epoch 2", exists("stage2", "checkpoints", "checkpoint")),
+    ]
+
+
+def test_sigkill_at_every_moment_then_rerun_ends_with_the_uninterrupted_weights(tmp_path):
+    """One two-stage run killed with SIGKILL during start-up, during a checkpoint write,
+    inside a stage-1 epoch, at the stage handoff and inside a stage-2 epoch, rerun after
+    each kill, ends with the weights of an uninterrupted run, bit for bit, and each
+    stage's history holds every epoch once."""
+    args = [*MODEL, "--dataset=digits", "--stages=1,2", "--train_subset=64", "--batch_size=16"]
+    args += ["--epochs=2", "--deterministic", "--seed=3", "--verbose=0"]
     whole = start_program([*args, f"--model_dir={tmp_path / 'whole'}"], tmp_path / "whole.log")
     killed = str(tmp_path / "killed")
-    victim = start_program([*args, f"--model_dir={killed}"], tmp_path / "killed.log")
-    # The state file appears with the first checkpoint (epoch 1's, after its history row).
-    state_file = os.path.join(killed, "stage1", "checkpoints", "checkpoint")
-    deadline = time.time() + SUBPROCESS_TIMEOUT
-    try:
+    hit = []
+    for attempt, (moment, trigger) in enumerate(_kill_moments(killed)):
+        log_path = tmp_path / f"attempt{attempt}.log"
+        victim = start_program([*args, f"--model_dir={killed}"], log_path)
+        started, deadline = time.time(), time.time() + SUBPROCESS_TIMEOUT
         while victim.poll() is None and time.time() < deadline:
-            if os.path.exists(state_file):
+            due = time.time() - started >= trigger if isinstance(trigger, float) else trigger()
+            if due:
                 victim.send_signal(signal.SIGKILL)
+                hit.append((moment, _run_state(killed)))
                 break
-            time.sleep(0.02)
-    finally:
-        if victim.poll() is None and time.time() >= deadline:
-            victim.kill()
-    log = finish(victim, tmp_path / "killed.log")
-    assert victim.returncode == -signal.SIGKILL, f"finished before the kill:\n{log}"
-    assert not os.path.exists(os.path.join(killed, "metrics.json"))
-    done = history_epochs(os.path.join(killed, "stage1"))
-    assert done in ([1], [1, 2]), done  # killed in epoch 2 (or right after its end)
+            time.sleep(0.005)
+        log = finish(victim, log_path)
+        assert victim.returncode == -signal.SIGKILL, f"{moment}: not killed\n{log}"
+    # Where each kill landed (the state of --model_dir at the kill).
+    states = dict(hit)
+    assert list(states) == [m for m, _ in _kill_moments(killed)]
+    assert not states["start-up"]["config"]  # before the run wrote anything
+    assert states["checkpoint write"]["writing"]
+    assert (
+        states["stage-1 epoch 2"]["stage1 checkpoints"]
+        and not states["stage-1 epoch 2"]["stage1 finished"]
+    )
+    assert states["stage handoff"]["stage1 finished"]
+    assert not states["stage handoff"]["stage2 checkpoints"]
+    assert states["stage-2 epoch 2"]["stage2 checkpoints"]
+    assert not states["stage-2 epoch 2"]["stage2 finished"]
 
-    resumed = start_program([*args, f"--model_dir={killed}"], tmp_path / "resumed.log")
-    log = finish(resumed, tmp_path / "resumed.log")
-    assert resumed.returncode == 0, log
-    assert re.search(r"Resuming stage 1 after epoch [12] ", log), log
-    assert history_epochs(os.path.join(killed, "stage1")) == [1, 2, 3]
-    metrics = json.load(open(os.path.join(killed, "metrics.json")))
-    assert metrics["stages"]["1"]["epochs"] == 3
-    assert optimizer_iterations(killed) == 3 * 256 // 32
+    final = start_program([*args, f"--model_dir={killed}"], tmp_path / "final.log")
+    log = finish(final, tmp_path / "final.log")
+    assert final.returncode == 0, log
+    assert "Resuming stage 2 after epoch 1 " in log, log
     whole_log = finish(whole, tmp_path / "whole.log")
     assert whole.returncode == 0, whole_log
     assert digest_line(log) == digest_line(whole_log)
+    for stage in (1, 2):
+        assert history_epochs(os.path.join(killed, f"stage{stage}")) == [1, 2]
+        assert optimizer_iterations(killed, stage) == 2 * 64 // 16
+    metrics = json.load(open(os.path.join(killed, "metrics.json")))
+    assert [metrics["stages"][s]["epochs"] for s in ("1", "2")] == [2, 2]
 
 
 class _LabelRecorder(tf.keras.Model):

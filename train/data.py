@@ -59,6 +59,7 @@ LIGHTING_EIGVEC = (
 DIGITS_TEST_EXAMPLES = 360
 _SPLIT_SEED = 0  # fixed seed for dataset splits/subsets, independent of the training seed
 _IMAGENET_SHUFFLE_BUFFER = 10_000
+_GRAPH_SEED = 1  # graph-level seed of the per-epoch pipelines
 
 Image = tf.Tensor
 Seed = tf.Tensor  # shape [2] stateless seed
@@ -583,6 +584,11 @@ def load(
     stream_key = tf.constant([seed, stream], tf.int64)
 
     def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        # Traced in a graph of its own: its graph-level seed (the first of the shuffle's two
+        # seeds) is fixed here, so the order depends on the key below only, not on the
+        # process's global seed (which `tf.random.set_seed` would otherwise lend it; a
+        # global seed of 0 would even fail with a tensor op seed).
+        tf.random.set_seed(_GRAPH_SEED)
         key = tf.random.experimental.stateless_fold_in(stream_key, epoch)
         order_seed = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
         examples = train.shuffle(buffer, seed=order_seed, reshuffle_each_iteration=False)

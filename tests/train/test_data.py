@@ -148,6 +148,11 @@ def test_an_epochs_batches_depend_on_seed_stream_and_epoch_only():
     assert all(np.array_equal(a, b) for a, b in zip(later, whole[2 * steps :], strict=True))
     other_stream, _, _ = data.load("digits", global_batch_size=32, seed=7, stream=2)
     assert not np.array_equal(next(iter(other_stream))[0].numpy(), whole[0])
+    # Nor on the process's global seed (the program sets one per stage), 0 included.
+    for global_seed in (0, 12):
+        tf.keras.utils.set_random_seed(global_seed)
+        reseeded, _, _ = data.load("digits", global_batch_size=32, seed=7, epochs=3)
+        assert all(np.array_equal(a, b) for a, b in zip(_images(reseeded), whole, strict=True))
 
 
 @pytest.mark.parametrize("first_epoch, epochs", [(-1, 1), (0, 0)])

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import zoo  # noqa: E402
-from train import recipe  # noqa: E402
+from larq_nobn import zoo  # noqa: E402
+from larq_nobn.train import recipe  # noqa: E402
 
 BACKBONES = ("reactnet_a", "reactnet18")
 NORMS = ("bn", "nobn")

@@ -27,8 +27,8 @@ import types
 
 import tensorflow as tf
 
-import zoo
-from train import config, data
+from larq_nobn import zoo
+from larq_nobn.train import config, data
 
 GOAL = 3.0  # pipeline images/s / model images/s, at least
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "fashion_mnist")

@@ -34,6 +34,12 @@ def _check_keras_2() -> None:
 
 _check_keras_2()
 
+if "tensorflow" not in sys.modules:
+    from larq_nobn.quiet import tensorflow_noise_filtered
+
+    with tensorflow_noise_filtered():  # CUDA plugin registration lines on CPU machines
+        import tensorflow  # noqa: F401
+
 from larq_nobn.constraints import WeightStandardization  # noqa: E402
 from larq_nobn.layers import LearnableBias, ScaledWSConv2D, ScaledWSQuantConv2D  # noqa: E402
 from larq_nobn.optimizers import AGC, AdaptiveGradientClipping, TorchAdam  # noqa: E402

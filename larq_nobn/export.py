@@ -14,6 +14,7 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
+from larq_nobn import quiet
 from larq_nobn.layers import LearnableBias, ScaledWSQuantConv2D, silence_starved_weights_warning
 
 _WS_ONLY_KEYS = ("gamma", "eps", "gain_initializer", "kernel_scale")
@@ -166,7 +167,10 @@ def convert(model: tf.keras.Model, fold: bool = True, **kwargs) -> bytes:
     """
     if fold:
         model = fold_scales_before_signs(fold_weight_standardization(model))
-    return _lce().convert_keras_model(model, **kwargs)
+    # Saving for the converter skips the quantizer objects larq keeps as layers, with one
+    # warning each; they are not part of the graph it converts.
+    with quiet.logger_filtered("tensorflow", "Skipping full serialization of TF-Keras layer"):
+        return _lce().convert_keras_model(model, **kwargs)
 
 
 def op_counts(flatbuffer: bytes) -> collections.Counter:

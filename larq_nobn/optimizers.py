@@ -402,7 +402,15 @@ class TorchAdam(tf.keras.optimizers.Adam):
 
     def decays(self, variable: tf.Variable) -> bool:
         """Whether `variable` gets the L2 term."""
-        return self.weight_decay is not None and self._use_weight_decay(variable)
+        if self.weight_decay is None:
+            return False
+        # Under tf.distribute, `update_step` sees each replica's component of a variable,
+        # named `.../replica_1:0` and so on: the name patterns must see the variable's
+        # (found as Keras' `_var_key` finds it).
+        container = getattr(variable, "_distributed_container", None)
+        if container is None and not isinstance(variable, tf.distribute.DistributedValues):
+            container = getattr(getattr(variable, "handle", None), "_distributed_container", None)
+        return self._use_weight_decay(container() if container is not None else variable)
 
     def update_step(self, gradient, variable):
         dtype = variable.dtype

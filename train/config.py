@@ -3,8 +3,8 @@
 import dataclasses
 import os
 
-import zoo
-from train import data, recipe
+from larq_nobn import zoo
+from larq_nobn.train import data, recipe
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 MIXED_PRECISION = ("float32", "mixed_float16", "mixed_bfloat16")

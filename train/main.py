@@ -1,11 +1,14 @@
 """Trains a larq-nobn zoo model with the recipe of "BNN - BN = ?".
 
-    python train/main.py --model reactnet_nobn            # offline, on the embedded digits
-    python train/main.py --model reactnet18_nobn --dataset cifar10 --loss kd --teacher T
+    larq-nobn-train --model reactnet_nobn            # offline, on the embedded digits
+    larq-nobn-train --model reactnet18_nobn --dataset cifar10 --loss kd --teacher T
+
+The same program: `python -m larq_nobn.train`, or `python train/main.py` in a checkout.
 
 See the README for the paper's full commands.
 """
 
+import contextlib
 import os
 import sys
 
@@ -19,9 +22,9 @@ import larq_nobn  # noqa: E402,F401  (Keras 2 before TensorFlow)
 # isort: split
 from absl import app, flags  # noqa: E402
 
-import zoo  # noqa: E402
-from train import data, recipe  # noqa: E402
-from train.config import MIXED_PRECISION, STRATEGIES, Config, ConfigError  # noqa: E402
+from larq_nobn import quiet, zoo  # noqa: E402
+from larq_nobn.train import data, recipe  # noqa: E402
+from larq_nobn.train.config import MIXED_PRECISION, STRATEGIES, Config, ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "reactnet_nobn", f"zoo model: {', '.join(zoo.MODEL_NAMES)}")
@@ -94,14 +97,18 @@ def main(argv: list[str]) -> int:
     import tensorflow as tf
 
     absl_logging.set_verbosity(absl_logging.WARNING)
-    from train.runner import Run, TrainingError
+    from larq_nobn.train.runner import Run, TrainingError
 
     try:
-        config = config_from_flags()
-        tf.keras.utils.set_random_seed(config.seed)
-        if FLAGS.deterministic:
-            make_deterministic()
-        Run(config).run()
+        # Set-up without TensorFlow's noise (cuInit on CPU machines, CPU features, ...);
+        # everything else it writes, and errors, still show.
+        with quiet.tensorflow_noise_filtered():
+            config = config_from_flags()
+            tf.keras.utils.set_random_seed(config.seed)
+            if FLAGS.deterministic:
+                make_deterministic()
+            program = Run(config)
+        program.run()
     except (ConfigError, data.DatasetError) as error:
         return fail(str(error))
     except TrainingError as error:
@@ -127,5 +134,19 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+def run() -> None:
+    """The `larq-nobn-train` command."""
+    # absl's start-up (its init callbacks) initializes TensorFlow's devices: on a CPU
+    # machine, cuInit's error. Filtered until `main` starts; from there output is live.
+    with contextlib.ExitStack() as startup:
+        startup.enter_context(quiet.tensorflow_noise_filtered())
+
+        def main_after_startup(argv: list[str]) -> int:
+            startup.close()
+            return main(argv)
+
+        app.run(main_after_startup)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

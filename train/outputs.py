@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -35,6 +36,24 @@ def weights_sha256(model: tf.keras.Model) -> str:
     return digest.hexdigest()
 
 
+def remove_checkpoints(stage_dir: str) -> None:
+    """Deletes a finished stage's checkpoints (its model stays)."""
+    shutil.rmtree(os.path.join(stage_dir, "checkpoints"), ignore_errors=True)
+
+
+def link_or_copy(source: str, destination: str) -> None:
+    """`destination` becomes the same file as `source`: a hard link (no second copy on
+    disk) where the file system allows one, else a copy."""
+    tmp = f"{destination}.tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, destination)
+
+
 class TrainingState(tf.keras.callbacks.Callback):
     """Saves model, optimizer and epoch after every epoch, and the epoch's metrics.
 
@@ -50,7 +69,7 @@ class TrainingState(tf.keras.callbacks.Callback):
         write: False on non-chief workers, which save to a scratch directory instead.
         restore_from: the directory whose checkpoints `attach` restores (`directory` by
             default); non-chief workers restore the chief's checkpoints.
-        max_to_keep: checkpoints kept.
+        max_to_keep: checkpoints kept (the newest complete one is all a resume needs).
     """
 
     def __init__(
@@ -58,7 +77,7 @@ class TrainingState(tf.keras.callbacks.Callback):
         directory: str,
         write: bool = True,
         restore_from: str | None = None,
-        max_to_keep: int = 2,
+        max_to_keep: int = 1,
     ):
         super().__init__()
         self.directory = directory

@@ -11,9 +11,9 @@ import time
 import larq as lq
 import tensorflow as tf
 
-import zoo
-from train import data, outputs, recipe
-from train.config import Config, ConfigError
+from larq_nobn import zoo
+from larq_nobn.train import data, outputs, recipe
+from larq_nobn.train.config import Config, ConfigError
 
 
 class TrainingError(RuntimeError):
@@ -194,16 +194,15 @@ class Run:
         print(f"TFLite model: {path} ({counts['LceBconv2d']} binary convolutions)")
 
     def save_student(self, student: tf.keras.Model, stage: int, directory: str) -> None:
-        """`model.keras` and `model.weights.h5` of the trained student, without optimizer.
+        """`model.keras` of the trained student, without optimizer.
 
-        Saved from an uncompiled copy: a compiled model's files also hold the optimizer
+        Saved from an uncompiled copy: a compiled model's file also holds the optimizer
         state, three times the size and slow to load, and a later stage must not inherit
         its step count (the learning-rate schedule would start at its end).
         """
         copy = self.student(stage)
         copy.set_weights(student.get_weights())
         copy.save(os.path.join(directory, "model.keras"))
-        copy.save_weights(os.path.join(directory, "model.weights.h5"))
 
     def read_weights(self, stage: int, path: str, what: str) -> list:
         return _read_weights(self.student(stage), path, what)
@@ -303,7 +302,7 @@ class Run:
         init_from = config.init_from
         for stage in config.stages:
             results[stage], histories[stage], student = self.run_stage(stage, init_from)
-            init_from = os.path.join(self.stage_dir(stage), "model.weights.h5")
+            init_from = os.path.join(self.stage_dir(stage), "model.keras")
         final = results[config.stages[-1]]
         # Every worker prints it: the workers of a multi-worker run must end with the same
         # weights, and two runs with the same seed and --deterministic with the same digest.
@@ -317,7 +316,7 @@ class Run:
         }
         if self.chief:
             last = self.stage_dir(config.stages[-1])
-            shutil.copyfile(
+            outputs.link_or_copy(
                 os.path.join(last, "model.keras"), os.path.join(config.model_dir, "model.keras")
             )
             outputs.plot_curves(histories, os.path.join(config.model_dir, "curves.png"))
@@ -329,7 +328,7 @@ class Run:
             for name in ("metrics.json", "config.json", "curves.png", "model.keras"):
                 print(f"  {os.path.join(config.model_dir, name)}")
             for stage in config.stages:
-                print(f"  {self.stage_dir(stage)}/  (checkpoints, logs, history.csv, model)")
+                print(f"  {self.stage_dir(stage)}/  (model.keras, history.csv, metrics.json, logs)")
         return metrics
 
     def run_stage(self, stage: int, init_from: str | None):
@@ -337,9 +336,11 @@ class Run:
         stage_dir = self.stage_dir(stage)
         done = outputs.read_json(os.path.join(stage_dir, "metrics.json"))
         if done is not None:  # finished before a crash in a later stage
+            if self.chief:  # a kill may have come between the stage's end and this removal
+                outputs.remove_checkpoints(stage_dir)
             state = outputs.TrainingState(stage_dir, write=False)
             student = self.student(stage)
-            path = os.path.join(stage_dir, "model.weights.h5")
+            path = os.path.join(stage_dir, "model.keras")
             student.set_weights(self.read_weights(stage, path, "stage"))
             print(f"\nStage {stage} finished earlier: test_accuracy {done['test_accuracy']:.4f}")
             return done, state.history(), student
@@ -396,10 +397,13 @@ class Run:
             "test_loss": float(evaluation["loss"]),
             "train_accuracy": history[-1].get("accuracy") if history else None,
             "epochs": config.epochs,
+            "steps": int(model.optimizer.iterations.numpy()),
         }
         if self.chief:
             self.save_student(student, stage, stage_dir)
             outputs.write_json(os.path.join(stage_dir, "metrics.json"), result)
+            # A finished stage is never resumed: its model is what later stages read.
+            outputs.remove_checkpoints(stage_dir)
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
         print(f"Stage {stage}: test_accuracy {result['test_accuracy']:.4f}")

@@ -1,7 +1,7 @@
 """The networks of "BNN - BN = ?": ReActNet-A and ReActNet-18, each in three variants.
 
 ```python
-import zoo
+from larq_nobn import zoo
 model = zoo.get_model("reactnet18_nobn", stage=1, stem="cifar", input_shape=(32, 32, 3),
                       num_classes=10)
 ```
@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from zoo.blocks import NORMS, STAGES
-from zoo.reactnet18 import ReActNet18
-from zoo.reactnet_a import ReActNetA
+from larq_nobn.zoo.blocks import NORMS, STAGES
+from larq_nobn.zoo.reactnet18 import ReActNet18
+from larq_nobn.zoo.reactnet_a import ReActNetA
 
 _REGISTRY: dict[str, Callable[..., tf.keras.Model]] = {}
 for _norm in NORMS:

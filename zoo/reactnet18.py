@@ -4,7 +4,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from zoo import blocks
+from larq_nobn.zoo import blocks
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = 4

@@ -4,7 +4,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from zoo import blocks
+from larq_nobn.zoo import blocks
 
 # Output channels of the first convolution and of the 13 blocks.
 CHANNELS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)

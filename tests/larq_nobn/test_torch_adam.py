@@ -142,21 +142,30 @@ def _fit_in(strategy):
             [tf.keras.Input((5,)), tf.keras.layers.Dense(3, name="fc", kernel_initializer="ones")]
         )
         model.compile(
-            optimizer=AGC(TorchAdam(0.01, weight_decay=1e-2), 0.01, units={"bias": "element"}),
+            optimizer=AGC(
+                # Excluded by name: each replica's copy of a variable must be excluded too.
+                TorchAdam(0.01, weight_decay=1e-2, exclude_from_weight_decay=["/bias:"]),
+                0.01,
+                units={"bias": "element"},
+            ),
             loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
-    return model.get_weights()
+    return model
 
 
 def test_mirrored_two_replicas_match_one_device():
+    """Same weights, and the replicas' copies of every variable stay equal."""
     mirrored = tf.distribute.MirroredStrategy(
         ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
     )
     two = _fit_in(mirrored)
     one = _fit_in(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    for a, b in zip(two, one, strict=True):
+    for a, b in zip(two.get_weights(), one.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for variable in two.weights:
+        first, second = (copy.numpy() for copy in variable.values)
+        np.testing.assert_array_equal(first, second, err_msg=variable.name)
 
 
 def test_jit_compile_matches():

@@ -5,7 +5,7 @@ import os
 
 import tensorflow as tf
 
-from train import main as main_mod
+from larq_nobn.train import main as main_mod
 
 
 def run_main(*args: str) -> int:

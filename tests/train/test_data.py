@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from train import data
+from larq_nobn.train import data
 
 
 def _mock_data(num_examples: int):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import zoo
-from train import recipe
-from train.config import Config
+from larq_nobn import zoo
+from larq_nobn.train import recipe
+from larq_nobn.train.config import Config
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -122,7 +122,7 @@ def test_optimizer_without_agc():
 def test_compiled_run_has_no_loss_term_and_decays_per_stage(tmp_path):
     """The decay lives in the optimizer (1e-5 in stage 1, none in stage 2): the model adds
     no loss, so the logged training loss is the data loss."""
-    from train.runner import Run
+    from larq_nobn.train.runner import Run
 
     config = Config(
         model="reactnet18_nobn", dataset="synthetic", model_dir=str(tmp_path), stem="cifar"

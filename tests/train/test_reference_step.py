@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import zoo
-from train import recipe
+from larq_nobn import zoo
+from larq_nobn.train import recipe
 
 LR = 5e-4
 CLIP, AGC_EPS = 0.02, 1e-3

@@ -5,8 +5,7 @@ import pytest
 import tensorflow as tf
 
 import larq_nobn
-import zoo
-from larq_nobn import export
+from larq_nobn import export, zoo
 
 pytest.importorskip("larq_compute_engine")
 

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 import larq_nobn
-import zoo
-from zoo import reactnet18, reactnet_a
+from larq_nobn import zoo
+from larq_nobn.zoo import reactnet18, reactnet_a
 
 SMALL = (32, 32, 3)
 

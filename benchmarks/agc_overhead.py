@@ -1,10 +1,11 @@
 """Time overhead of adaptive gradient clipping in a training step of the BN-free ReActNets.
 
 For every (backbone, SIZE:BATCH config, mode) cell it builds the same `<backbone>_nobn` model
-twice (same initial weights), compiled once with plain Adam with linear decay and once with
-that Adam wrapped in AGC (`train.recipe.optimizer` with agc_clip 0 and 0.02), warms both
-train functions up, then times `--steps` steps per contender in `--rounds` alternating rounds
-after one untimed round. Overhead = median AGC step time / median Adam step time - 1.
+twice (same initial weights), compiled once with plain Adam with linear decay and once
+with that Adam wrapped in AGC (`larq_nobn.train.recipe.optimizer` with agc_clip 0 and 0.02),
+warms both train functions up, then times `--steps` steps per contender in `--rounds`
+alternating rounds after one untimed round. Overhead = median AGC step time / median Adam
+step time - 1.
 
     python benchmarks/agc_overhead.py --backbones reactnet18 --configs 32:64 --rounds 1
 """

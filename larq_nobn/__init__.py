@@ -3,7 +3,7 @@
 Implements the three tools of "BNN - BN = ?: Training Binary Neural Networks without
 Batch Normalization" (Chen et al., CVPR-W 2021, https://arxiv.org/abs/2104.08215):
 scaled weight standardization, adaptive gradient clipping and the alpha/beta residual
-scaling (the latter lives in the `zoo` models).
+scaling (the latter lives in the `larq_nobn.zoo` models).
 """
 
 import os

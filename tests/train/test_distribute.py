@@ -437,6 +437,7 @@ def test_sigkill_at_every_moment_then_rerun_ends_with_the_uninterrupted_weights(
             if due:
                 victim.send_signal(signal.SIGKILL)
                 hit.append((moment, _run_state(killed)))
+                print(f"killed in {moment} {time.time() - started:.2f} s after its start")
                 break
             time.sleep(0.005)
         log = finish(victim, log_path)
@@ -462,6 +463,7 @@ def test_sigkill_at_every_moment_then_rerun_ends_with_the_uninterrupted_weights(
     whole_log = finish(whole, tmp_path / "whole.log")
     assert whole.returncode == 0, whole_log
     assert digest_line(log) == digest_line(whole_log)
+    print(f"final weights sha256: resumed {digest_line(log)}, whole {digest_line(whole_log)}")
     for stage in (1, 2):
         assert history_epochs(os.path.join(killed, f"stage{stage}")) == [1, 2]
         assert optimizer_iterations(killed, stage) == 2 * 64 // 16

@@ -46,21 +46,27 @@ def adaptive_clip(
     return grad * factor
 
 
+def _compiled_patterns(value: str | Sequence[str], argument: str) -> list[re.Pattern]:
+    """A regex or a list of them, compiled; TypeError or ValueError naming `argument`."""
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, Sequence) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(
+            f"`{argument}` must be a regex string or a list of regex strings; got {value!r}."
+        )
+    try:
+        return [re.compile(p) for p in patterns]
+    except re.error as error:
+        raise ValueError(
+            f"`{argument}` holds an invalid regular expression (regex): {error}."
+        ) from error
+
+
 def _exclude_predicate(exclude: ExcludeType) -> Callable[[tf.Variable], bool]:
     if exclude is None:
         return lambda variable: False
     if callable(exclude):
         return exclude
-    patterns = [exclude] if isinstance(exclude, str) else exclude
-    if not isinstance(patterns, Sequence) or not all(isinstance(p, str) for p in patterns):
-        raise TypeError(
-            "`exclude` must be None, a regex string, a list of regex strings or a callable "
-            f"taking a variable and returning a bool; got {exclude!r}."
-        )
-    try:
-        compiled = [re.compile(p) for p in patterns]
-    except re.error as error:
-        raise ValueError(f"`exclude` holds an invalid regular expression: {error}.") from error
+    compiled = _compiled_patterns(exclude, "exclude")
     return lambda variable: any(p.search(variable.name) for p in compiled)
 
 
@@ -383,18 +389,12 @@ class TorchAdam(tf.keras.optimizers.Adam):
             name=name,
             **kwargs,
         )
-        patterns = (
-            [exclude_from_weight_decay]
-            if isinstance(exclude_from_weight_decay, str)
-            else list(exclude_from_weight_decay or [])
-        )
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except (re.error, TypeError) as error:
-                raise ValueError(
-                    f"`exclude_from_weight_decay` holds an invalid regex {pattern!r}: {error}."
-                ) from error
+        patterns = [
+            p.pattern
+            for p in _compiled_patterns(
+                exclude_from_weight_decay or [], "exclude_from_weight_decay"
+            )
+        ]
         self.exclude_from_weight_decay(var_names=patterns)
 
     def _apply_weight_decay(self, variables):

@@ -44,6 +44,7 @@ from larq_nobn.constraints import WeightStandardization  # noqa: E402
 from larq_nobn.layers import LearnableBias, ScaledWSConv2D, ScaledWSQuantConv2D  # noqa: E402
 from larq_nobn.optimizers import AGC, AdaptiveGradientClipping, TorchAdam  # noqa: E402
 from larq_nobn.quantizers import MagnitudeAwareSteSign  # noqa: E402
+from larq_nobn.spp import BlockStatistics, signal_propagation  # noqa: E402
 from larq_nobn.unitwise import (  # noqa: E402
     scaled_standardize,
     scaled_ws_kernel,
@@ -56,6 +57,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AGC",
     "AdaptiveGradientClipping",
+    "BlockStatistics",
     "LearnableBias",
     "MagnitudeAwareSteSign",
     "ScaledWSConv2D",
@@ -64,6 +66,7 @@ __all__ = [
     "WeightStandardization",
     "scaled_standardize",
     "scaled_ws_kernel",
+    "signal_propagation",
     "standardize",
     "unitwise_norm",
 ]

@@ -5,7 +5,9 @@ python -m larq_nobn.spp_plot --backbone reactnet18 --dataset digits \\
     --out docs/signal_propagation_reactnet18.png
 ```
 builds the three variants at initialization with a fixed seed, runs them on a batch of test
-images and writes one PNG. matplotlib is imported when a plot is drawn, not before.
+images and writes one PNG; `--trained nobn=runs/<run>/stage1/model.keras` (repeatable, one
+per variant) adds trained models of that backbone and stage as dashed lines.
+matplotlib is imported when a plot is drawn, not before.
 """
 
 import argparse
@@ -161,8 +163,23 @@ def transition_blocks(backbone: str, alpha: float = blocks.DEFAULT_ALPHA) -> lis
     raise ValueError(f"`backbone` must be one of {BACKBONES}, got {backbone!r}.")
 
 
+def _trained_models(specs: Sequence[str], backbone: str) -> dict[str, tf.keras.Model]:
+    """`VARIANT=PATH` arguments: the saved zoo models, checked to be of `backbone`."""
+    models = {}
+    for spec in specs:
+        variant, _, path = spec.partition("=")
+        if variant not in blocks.NORMS or not path:
+            raise SystemExit(f"--trained takes VARIANT=PATH with VARIANT in {blocks.NORMS}: {spec}")
+        model = tf.keras.models.load_model(path, compile=False)
+        if model.name != f"{backbone}_{variant}":
+            raise SystemExit(f"--trained {spec}: a {model.name} model, not {backbone}_{variant}")
+        models[variant] = model
+    return models
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """The command line: the three variants of a backbone at initialization, one PNG."""
+    """The command line: the three variants of a backbone at initialization (and trained
+    models given with --trained), one PNG."""
     from larq_nobn.train import data
 
     parser = argparse.ArgumentParser(
@@ -177,9 +194,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stage", type=int, choices=blocks.STAGES, default=1)
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--trained",
+        action="append",
+        default=[],
+        metavar="VARIANT=PATH",
+        help="a trained model of the backbone and --stage, e.g. nobn=runs/x/stage1/model.keras",
+    )
     args = parser.parse_args(argv)
 
+    trained = _trained_models(args.trained, args.backbone)
     size = args.image_size or DEFAULT_IMAGE_SIZE[args.backbone]
+    stem = "cifar"
+    for model in trained.values():  # the trained models fix the image size and stem
+        size = model.input_shape[1]
+        layer_names = {layer.name for layer in model.layers}
+        stem = "imagenet" if "pool_first" in layer_names else "cifar"
     _, test, info = data.load(
         args.dataset, global_batch_size=args.images, image_size=size, data_dir=args.data_dir
     )
@@ -192,17 +222,31 @@ def main(argv: Sequence[str] | None = None) -> None:
             stage=args.stage,
             input_shape=(size, size, 3),
             num_classes=info.num_classes,
-            **({"stem": "cifar"} if args.backbone == "reactnet18" else {}),
+            **({"stem": stem} if args.backbone == "reactnet18" else {}),
         )
         statistics[norm] = signal_propagation(model, images, training=True)
         for block in statistics[norm]:
             print(norm, block.name, *(f"{getattr(block, f):.4g}" for f, _ in STATISTICS))
+    trained_statistics = {}
+    for variant, model in trained.items():
+        trained_statistics[variant] = signal_propagation(model, images, training=True)
+        for block in trained_statistics[variant]:
+            print(
+                f"{variant}(trained)",
+                block.name,
+                *(f"{getattr(block, f):.4g}" for f, _ in STATISTICS),
+            )
     title = (
-        f"{args.backbone}, stage {args.stage}, at initialization (seed {args.seed}): "
+        f"{args.backbone}, stage {args.stage}, at initialization (seed {args.seed})"
+        f"{' and trained (dashed)' if trained else ''}: "
         f"{len(images)} {args.dataset} test images, {size}x{size}, training-mode forward pass"
     )
     plot_signal_propagation(
-        statistics, args.out, title=title, transitions=transition_blocks(args.backbone)
+        statistics,
+        args.out,
+        trained=trained_statistics,
+        title=title,
+        transitions=transition_blocks(args.backbone),
     )
     print(f"wrote {args.out}")
 

@@ -78,6 +78,10 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]
     train_examples: int
     test_examples: int
+    # The images are (rgb - mean) / std with rgb in [0, 1] (grayscale repeated to RGB):
+    # per-channel or one value for all. A teacher that expects other inputs undoes it.
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
 
 
 @dataclasses.dataclass
@@ -95,6 +99,8 @@ class _Source:
     cache: bool = True
     shuffle_buffer: int | None = None  # None: whole (per-pipeline) train split
     train_sharded: bool = False  # True if the reader already sharded by input pipeline
+    mean: tuple[float, ...] = (0.0,)  # the normalization of train_map's / test_map's output
+    std: tuple[float, ...] = (1.0,)
 
     @classmethod
     def from_arrays(
@@ -105,6 +111,8 @@ class _Source:
         test_map: Callable[[Image], Image],
         num_classes: int,
         image_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
     ) -> _Source:
         """A source of in-memory (images, labels) splits."""
         return cls(
@@ -116,6 +124,8 @@ class _Source:
             image_size=image_size,
             train_examples=len(train[1]),
             test_examples=len(test[1]),
+            mean=mean,
+            std=std,
         )
 
 
@@ -285,7 +295,14 @@ def _digits(image_size: int | None, train_subset: int | None) -> _Source:
         return _normalize(_to_rgb(image), (mean,), (std,))
 
     return _Source.from_arrays(
-        (x_train, y_train), (x_test, y_test), train_map, test_map, num_classes=10, image_size=size
+        (x_train, y_train),
+        (x_test, y_test),
+        train_map,
+        test_map,
+        num_classes=10,
+        image_size=size,
+        mean=(mean,),
+        std=(std,),
     )
 
 
@@ -387,7 +404,14 @@ def _fashion_mnist(data_dir: str | None, image_size: int | None, subset: int | N
         return _normalize(_to_rgb(prepare(image)), (FASHION_MNIST_MEAN,), (FASHION_MNIST_STD,))
 
     return _Source.from_arrays(
-        (x_train, y_train), (x_test, y_test), train_map, test_map, num_classes=10, image_size=size
+        (x_train, y_train),
+        (x_test, y_test),
+        train_map,
+        test_map,
+        num_classes=10,
+        image_size=size,
+        mean=(FASHION_MNIST_MEAN,),
+        std=(FASHION_MNIST_STD,),
     )
 
 
@@ -421,6 +445,8 @@ def _cifar(name: str, data_dir: str | None, image_size: int | None, subset: int 
         test_map=test_map,
         num_classes=100 if name == "cifar100" else 10,
         image_size=size,
+        mean=mean,
+        std=std,
         train_examples=_cardinality(train),
         test_examples=_cardinality(test),
     )
@@ -475,6 +501,8 @@ def _imagenet(
         test_map=test_map,
         num_classes=1000,
         image_size=size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         train_examples=_cardinality(train),
         test_examples=_cardinality(test),
         cache=False,
@@ -504,6 +532,8 @@ def _synthetic(
         test_map=lambda image: image,
         num_classes=classes,
         image_size=size,
+        mean=(0.5,),  # standard normal images read as normalized RGB around mid-gray
+        std=(0.25,),
         train_examples=examples,
         test_examples=test_examples,
     )
@@ -615,5 +645,7 @@ def load(
         image_shape=(src.image_size, src.image_size, 3),
         train_examples=src.train_examples,
         test_examples=src.test_examples,
+        mean=src.mean,
+        std=src.std,
     )
     return train, test, info

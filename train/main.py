@@ -2,6 +2,7 @@
 
     larq-nobn-train --model reactnet_nobn            # offline, on the embedded digits
     larq-nobn-train --model reactnet18_nobn --dataset cifar10 --loss kd --teacher T
+    larq-nobn-train --model resnet50 --dataset cifar10       # a full-precision teacher
 
 The same program: `python -m larq_nobn.train`, or `python train/main.py` in a checkout.
 
@@ -23,27 +24,48 @@ import larq_nobn  # noqa: E402,F401  (Keras 2 before TensorFlow)
 from absl import app, flags  # noqa: E402
 
 from larq_nobn import quiet, zoo  # noqa: E402
-from larq_nobn.train import data, recipe  # noqa: E402
+from larq_nobn.train import data, recipe, teachers  # noqa: E402
 from larq_nobn.train.config import MIXED_PRECISION, STRATEGIES, Config, ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "reactnet_nobn", f"zoo model: {', '.join(zoo.MODEL_NAMES)}")
+flags.DEFINE_string(
+    "model",
+    "reactnet_nobn",
+    f"zoo model: {', '.join(zoo.MODEL_NAMES)}; or a full-precision Keras application "
+    f"(a teacher): {', '.join(teachers.APPLICATION_NAMES)}",
+)
 flags.DEFINE_string("dataset", "digits", f"dataset: {', '.join(data.DATASET_NAMES)}")
 flags.DEFINE_string("model_dir", None, "output directory (default runs/<model>_<dataset>)")
 flags.DEFINE_string("data_dir", None, "TFDS data dir, or the Fashion-MNIST IDX directory")
-flags.DEFINE_list("stages", ["1", "2"], "1 (binary activations), 2 (binary weights too)")
+flags.DEFINE_list(
+    "stages", None, "1 (binary activations), 2 (binary weights too); default 1,2 (applications: 1)"
+)
 flags.DEFINE_integer("epochs", None, "epochs per stage (default per dataset; 256 for the paper)")
 flags.DEFINE_integer("batch_size", None, "global batch size (default per dataset; 256)")
-flags.DEFINE_float("learning_rate", recipe.LEARNING_RATE, "Adam, decayed linearly to 0")
+flags.DEFINE_float(
+    "learning_rate",
+    None,
+    f"default {recipe.LEARNING_RATE} (Adam, linear decay to 0); applications: "
+    f"{recipe.FULL_PRECISION_LEARNING_RATE}, or {recipe.FINE_TUNE_LEARNING_RATE} from ImageNet "
+    "weights, times batch_size / 256 (SGD, cosine decay to 0)",
+)
 flags.DEFINE_float(
     "weight_decay",
     None,
-    "Adam's coupled L2 on kernels, gains and learnable biases (default 1e-5 stage 1, 0 stage 2)",
+    "Adam's coupled L2 on kernels, gains and learnable biases (default 1e-5 stage 1, 0 stage 2;"
+    f" applications: SGD's weight decay {recipe.FULL_PRECISION_WEIGHT_DECAY} on kernels)",
 )
 flags.DEFINE_float("agc_clip", recipe.AGC_CLIP, "AGC clip factor; 0 disables AGC")
 flags.DEFINE_string("loss", "ce", "ce, ls (label smoothing 0.1) or kd (needs --teacher)")
-flags.DEFINE_string("teacher", None, "saved Keras model used as teacher by --loss kd")
-flags.DEFINE_string("init_from", None, "weights to start the first stage from")
+flags.DEFINE_string(
+    "teacher",
+    None,
+    "--loss kd's teacher: a saved Keras model (e.g. runs/<teacher run>/model.keras) or a Keras "
+    f"application with ImageNet weights: {', '.join(teachers.APPLICATION_NAMES)}",
+)
+flags.DEFINE_string(
+    "init_from", None, "weights to start the first stage from; `imagenet` for an application"
+)
 flags.DEFINE_integer("seed", 0, "seed of initialization, shuffling and augmentation")
 flags.DEFINE_integer("train_subset", None, "train on the first N examples only")
 flags.DEFINE_integer("image_size", None, "resize images to this size")
@@ -62,7 +84,7 @@ flags.DEFINE_integer("verbose", 1, "Keras progress: 0 silent, 1 bar, 2 a line pe
 
 def config_from_flags() -> Config:
     try:
-        stages = tuple(int(s) for s in FLAGS.stages)
+        stages = None if FLAGS.stages is None else tuple(int(s) for s in FLAGS.stages)
     except ValueError:
         raise ConfigError(f"--stages must be 1, 2 or 1,2, got {','.join(FLAGS.stages)}") from None
     return Config(

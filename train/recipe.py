@@ -22,6 +22,12 @@ AGC_UNITS = {r"/gain:\d+$": "element", r"/alpha:\d+$": "tensor"}
 # The reference decays every parameter that is 4-D in its layout (conv kernels, gains,
 # LearnableBias shifts), not PReLU slopes, BN's gamma and beta, nor the classifier.
 DECAY_EXCLUDE = (r"/alpha:\d+$", r"/gamma:\d+$", r"/beta:\d+$", r"^fc/")
+# Full-precision Keras applications (teachers): a standard ImageNet-style SGD recipe.
+FULL_PRECISION_LEARNING_RATE = 0.1  # from scratch, for batch 256 (scaled linearly)
+FINE_TUNE_LEARNING_RATE = 0.01  # from ImageNet weights (--init_from imagenet), batch 256
+FULL_PRECISION_MOMENTUM = 0.9  # Nesterov
+FULL_PRECISION_WEIGHT_DECAY = 1e-4
+FULL_PRECISION_DECAY_EXCLUDE = (r"/gamma:\d+$", r"/beta:\d+$", r"/bias:\d+$")  # BN, biases
 LABEL_SMOOTHING = 0.1
 BATCH_SIZE = 256
 LOSSES = ("ce", "ls", "kd")
@@ -74,6 +80,26 @@ def optimizer(
     )
 
 
+def full_precision_optimizer(
+    learning_rate: float, total_steps: int, weight_decay: float = FULL_PRECISION_WEIGHT_DECAY
+) -> tf.keras.optimizers.Optimizer:
+    """The recipe of the full-precision applications the program trains as teachers.
+
+    SGD with Nesterov momentum 0.9, cosine decay to 0 over the run (per step), and Keras'
+    weight decay (`W -= lr * weight_decay * W` each step, outside the momentum) on kernels
+    only. No AGC: these networks have batch normalization.
+    """
+    sgd = tf.keras.optimizers.SGD(
+        tf.keras.optimizers.schedules.CosineDecay(learning_rate, total_steps),
+        momentum=FULL_PRECISION_MOMENTUM,
+        nesterov=True,
+        weight_decay=weight_decay or None,
+    )
+    if weight_decay:
+        sgd.exclude_from_weight_decay(var_names=list(FULL_PRECISION_DECAY_EXCLUDE))
+    return sgd
+
+
 @tf.keras.utils.register_keras_serializable(package="larq_nobn_train")
 class SparseSmoothedCrossEntropy(tf.keras.losses.Loss):
     """Cross-entropy with label smoothing on integer labels and logits."""
@@ -109,13 +135,18 @@ class Distillation(tf.keras.Model):
 
     Compile it without a loss: `distribution_loss` replaces it (tracked as "loss"), while
     compiled metrics such as accuracy still compare the student's logits with the labels.
+
+    The teacher is not a tracked part of the model: its weights are in none of the
+    model's weight lists, so checkpoints of the model hold the student (and optimizer)
+    only, and AGC never sees them. It runs in inference mode.
     """
 
     def __init__(self, student: tf.keras.Model, teacher: tf.keras.Model, **kwargs):
         super().__init__(name=f"{student.name}_distilled", **kwargs)
         self.student = student
-        self.teacher = teacher
         teacher.trainable = False
+        # Bypasses Keras' attribute tracking (see above); a frozen input, not a layer.
+        object.__setattr__(self, "teacher", teacher)
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
     def call(self, inputs, training=None):

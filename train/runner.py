@@ -12,8 +12,8 @@ import larq as lq
 import tensorflow as tf
 
 from larq_nobn import zoo
-from larq_nobn.train import data, outputs, recipe
-from larq_nobn.train.config import Config, ConfigError
+from larq_nobn.train import data, outputs, recipe, teachers
+from larq_nobn.train.config import IMAGENET, Config, ConfigError
 
 
 class TrainingError(RuntimeError):
@@ -71,7 +71,9 @@ def _read_weights(donor: tf.keras.Model, path: str, what: str) -> list:
     """
     try:
         if path.endswith(".keras"):
-            saved = tf.keras.models.load_model(path, compile=False)
+            saved = tf.keras.models.load_model(
+                path, custom_objects=dict(teachers.CUSTOM_OBJECTS), compile=False
+            )
             if isinstance(saved, recipe.Distillation):
                 saved = saved.student
             weights = saved.get_weights()
@@ -160,21 +162,63 @@ class Run:
         return train_ds
 
     def _load_teacher(self) -> tf.keras.Model:
+        """--teacher: a Keras application with ImageNet weights, or a saved model.
+
+        Either way the teacher takes the student's batch as it is; an application gets it
+        through `teachers.ApplicationInput` (a saved application run by this program has
+        that layer already).
+        """
+        name, info = self.config.teacher, self.info
+        if teachers.is_application(name):
+            if info.num_classes != teachers.IMAGENET_CLASSES:
+                raise ConfigError(
+                    f"--teacher {name} predicts the {teachers.IMAGENET_CLASSES} ImageNet "
+                    f"classes, {self.config.dataset} has {info.num_classes}: train a teacher "
+                    f"first (--model {name} --dataset {self.config.dataset}) and pass its "
+                    "model.keras"
+                )
+            return self.application(name, weights=IMAGENET, what="--teacher")
         with self.strategy.scope():
             try:
-                teacher = tf.keras.models.load_model(self.config.teacher, compile=False)
-            except (OSError, ValueError, tf.errors.OpError) as error:
+                teacher = tf.keras.models.load_model(
+                    name, custom_objects=dict(teachers.CUSTOM_OBJECTS), compile=False
+                )
+            except (OSError, ValueError, TypeError, tf.errors.OpError) as error:
                 reason = str(error).strip().splitlines()[0][:200]
-                raise ConfigError(f"--teacher {self.config.teacher}: {reason}") from None
-        if teacher.output_shape[-1] != self.info.num_classes:
+                raise ConfigError(f"--teacher {name}: {reason}") from None
+        if teacher.output_shape[-1] != info.num_classes:
             raise ConfigError(
                 f"--teacher predicts {teacher.output_shape[-1]} classes, "
-                f"{self.config.dataset} has {self.info.num_classes}"
+                f"{self.config.dataset} has {info.num_classes}"
+            )
+        expected = tuple(teacher.input_shape[1:])
+        if None not in expected and expected != tuple(info.image_shape):
+            raise ConfigError(
+                f"--teacher takes {expected} images, the student's are {info.image_shape} "
+                "(see --image_size)"
             )
         return teacher
 
+    def application(self, name: str, weights: str | None, what: str) -> tf.keras.Model:
+        """A Keras application on this run's images (in the strategy's scope)."""
+        info = self.info
+        try:
+            with self.strategy.scope():
+                return teachers.build_application(
+                    name,
+                    num_classes=info.num_classes,
+                    input_shape=info.image_shape,
+                    mean=info.mean,
+                    std=info.std,
+                    weights=weights,
+                )
+        except (teachers.WeightsUnavailableError, ValueError) as error:
+            raise ConfigError(f"{what} {name}: {error}") from None
+
     def student(self, stage: int) -> tf.keras.Model:
-        """The zoo model of a stage, uncompiled."""
+        """The model of a stage (zoo model, or application with a new head), uncompiled."""
+        if self.config.is_application:
+            return self.application(self.config.model, weights=None, what="--model")
         return zoo.get_model(
             self.config.model,
             stage=stage,
@@ -219,13 +263,18 @@ class Run:
             loss = recipe.loss(config.loss, self.info.num_classes)
             if self.teacher is not None:
                 model, loss = recipe.Distillation(student, self.teacher), None
+            total_steps = config.epochs * self.steps_per_epoch
+            weight_decay = config.weight_decay_for(stage)
+            if config.is_application:
+                optimizer = recipe.full_precision_optimizer(
+                    config.learning_rate, total_steps, weight_decay
+                )
+            else:
+                optimizer = recipe.optimizer(
+                    config.learning_rate, total_steps, config.agc_clip, weight_decay=weight_decay
+                )
             model.compile(
-                optimizer=recipe.optimizer(
-                    config.learning_rate,
-                    config.epochs * self.steps_per_epoch,
-                    config.agc_clip,
-                    weight_decay=config.weight_decay_for(stage),
-                ),
+                optimizer=optimizer,
                 loss=loss,
                 metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                 jit_compile=config.jit_compile,
@@ -275,7 +324,16 @@ class Run:
                 f"({', '.join(changed)}); rerun it with the same flags or choose another "
                 "--model_dir"
             )
-        if config.init_from:
+        size = self.info.image_shape[0]
+        if config.is_application and size < teachers.MIN_SIZE:
+            raise ConfigError(
+                f"--model {config.model} needs images of at least {teachers.MIN_SIZE} pixels, "
+                f"got {size} (see --image_size)"
+            )
+        if config.init_from == IMAGENET:  # Config allows it for applications only
+            imagenet = self.application(config.model, weights=IMAGENET, what="--init_from")
+            self.init_weights = imagenet.get_weights()
+        elif config.init_from:
             stage = config.stages[0]
             # Read (and checked) once, here, before anything is written; used by the stage.
             self.init_weights = self.read_weights(stage, config.init_from, "--init_from")
@@ -346,10 +404,13 @@ class Run:
             return done, state.history(), student
 
         model, student = self.build(stage)
-        print(
-            f"\nStage {stage}: {'binary weights and' if stage == 2 else 'real weights,'} "
-            "binary activations"
-        )
+        if config.is_application:
+            print(f"\nStage {stage}: full precision {config.model}")
+        else:
+            print(
+                f"\nStage {stage}: {'binary weights and' if stage == 2 else 'real weights,'} "
+                "binary activations"
+            )
         lq.models.summary(student)
         # Non-chief workers save to a scratch directory (saving is collective, writing is
         # the chief's) and resume from the chief's checkpoints.

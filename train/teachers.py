@@ -21,6 +21,7 @@ import tensorflow as tf
 from tf_keras.src.applications import convnext as _convnext  # its unregistered layers
 
 MIN_SIZE = 32  # the smallest input side every listed application accepts
+IMAGENET_CLASSES = 1000
 _WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # How tf_keras names the weight files: `{model name}{"" or "_notop"}`, per module.
 _RESNET_FILE = "{}_weights_tf_dim_ordering_tf_kernels{}.h5"
@@ -273,7 +274,7 @@ def build_application(
         raise ValueError(f"weights must be None or 'imagenet', got {weights!r}")
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(f"input_shape must be (height, width, 3), got {tuple(input_shape)}")
-    imagenet_head = weights == "imagenet" and num_classes == 1000
+    imagenet_head = weights == "imagenet" and num_classes == IMAGENET_CLASSES
     if size is None:
         size = app.size if imagenet_head else input_shape[0]
     _check_size(size)

@@ -257,3 +257,34 @@ def test_transition_blocks_follow_the_beta_schedule():
     assert spp_plot.transition_blocks("reactnet_a") == ["block2a", "block4a", "block6a", "block12a"]
     with pytest.raises(ValueError, match="backbone"):
         spp_plot.transition_blocks("resnet")
+
+
+def test_command_line_plots_the_variants_and_a_trained_model(tmp_path, capsys, digits):
+    """`python -m larq_nobn.spp_plot --trained nobn=PATH`: the three variants at init and the
+    saved model, measured on the same images (its printed numbers are its statistics)."""
+    tf.keras.utils.set_random_seed(3)
+    model = zoo.get_model(
+        "reactnet18_nobn", stage=1, stem="cifar", input_shape=(32, 32, 3), num_classes=10
+    )
+    for variable in model.trainable_variables:  # "trained": away from the initial values
+        variable.assign(variable * 1.5 + 0.01)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    png = tmp_path / "spp.png"
+    argv = ["--backbone=reactnet18", "--images=16", f"--trained=nobn={path}", f"--out={png}"]
+    capsys.readouterr()
+    spp_plot.main(argv)
+
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    trained = [line for line in lines if line[0] == "nobn(trained)"]
+    expected = larq_nobn.signal_propagation(model, digits, training=True)
+    assert [line[1] for line in trained] == [s.name for s in expected]
+    for line, stats in zip(trained, expected, strict=True):
+        values = [stats.squared_mean, stats.variance, stats.residual_variance]
+        np.testing.assert_allclose([float(v) for v in line[2:]], values, rtol=1e-3)
+    assert sum(line[0] in ("bn", "nobn", "none") for line in lines) == 3 * 16
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="VARIANT=PATH"):
+        spp_plot.main(["--backbone=reactnet18", f"--trained=bnn={path}", f"--out={png}"])
+    with pytest.raises(SystemExit, match="not reactnet18_none"):
+        spp_plot.main(["--backbone=reactnet18", f"--trained=none={path}", f"--out={png}"])

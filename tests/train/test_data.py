@@ -74,7 +74,7 @@ def test_non_positive_batch_size(batch):
 
 def test_digits_split_shapes_and_normalization():
     train, test, info = data.load("digits", global_batch_size=64)
-    assert info == data.DatasetInfo("digits", 10, (32, 32, 3), 1437, 360)
+    assert info == data.DatasetInfo("digits", 10, (32, 32, 3), 1437, 360, info.mean, info.std)
     assert info.train_examples + info.test_examples == 1797
 
     x_test, y_test = _collect(test)
@@ -88,8 +88,11 @@ def test_digits_split_shapes_and_normalization():
     assert set(np.unique(y_train)) == set(range(10))
     # Normalized with the train split's own statistics (translation adds a little background).
     assert abs(x_train.mean()) < 0.1 and abs(x_train.std() - 1.0) < 0.1
-    # Digits are normalized from [0, 1]: background (0) is the minimum value everywhere.
+    # Digits are normalized from [0, 1]: background (0) is the minimum value everywhere,
+    # and info's statistics undo the normalization.
     assert np.isclose(x_train.min(), x_test.min(), atol=1e-5)
+    unit = x_test * info.std[0] + info.mean[0]
+    assert abs(unit.min()) < 1e-5 and 0.95 < unit.max() < 1 + 1e-5
 
 
 def test_digits_image_size_and_translation_only():
@@ -193,7 +196,7 @@ def test_synthetic():
     train, test, info = data.load(
         "synthetic", global_batch_size=8, image_size=12, num_classes=3, synthetic_examples=40
     )
-    assert info == data.DatasetInfo("synthetic", 3, (12, 12, 3), 40, 10)
+    assert info == data.DatasetInfo("synthetic", 3, (12, 12, 3), 40, 10, (0.5,), (0.25,))
     x, y = _collect(train)
     assert x.shape == (40, 12, 12, 3) and x.dtype == np.float32 and y.dtype == np.int32
     assert y.min() >= 0 and y.max() < 3
@@ -229,7 +232,8 @@ def fake_fashion(tmp_path):
 def test_fashion_mnist_from_idx(fake_fashion):
     path, arrays = fake_fashion
     train, test, info = data.load("fashion_mnist", global_batch_size=5, data_dir=str(path))
-    assert info == data.DatasetInfo("fashion_mnist", 10, (32, 32, 3), 20, 10)
+    stats = (data.FASHION_MNIST_MEAN,), (data.FASHION_MNIST_STD,)
+    assert info == data.DatasetInfo("fashion_mnist", 10, (32, 32, 3), 20, 10, *stats)
 
     x_test, y_test = _collect(test)
     assert x_test.shape == (10, 32, 32, 3) and x_test.dtype == np.float32
@@ -290,7 +294,7 @@ def test_cifar_mock(name):
         other_seed = next(iter(data.load(name, global_batch_size=4, seed=2)[0]))[0]
 
     classes = 100 if name == "cifar100" else 10
-    assert info == data.DatasetInfo(name, classes, (32, 32, 3), 8, 8)
+    assert info == data.DatasetInfo(name, classes, (32, 32, 3), 8, 8, *data.CIFAR_STATS[name])
     assert x_test.shape == x_train.shape == (8, 32, 32, 3)
     assert x_test.dtype == x_train.dtype == np.float32 and y_test.dtype == y_train.dtype == np.int32
     assert 0 <= y_train.min() and y_train.max() < classes
@@ -312,7 +316,8 @@ def test_imagenet_mock():
         train, test, info = data.load("imagenet2012", global_batch_size=3, image_size=64, seed=0)
         x_train, y_train = _collect(train)
         x_test, y_test = _collect(test)
-    assert info == data.DatasetInfo("imagenet2012", 1000, (64, 64, 3), 6, 6)
+    stats = data.IMAGENET_MEAN, data.IMAGENET_STD
+    assert info == data.DatasetInfo("imagenet2012", 1000, (64, 64, 3), 6, 6, *stats)
     assert x_train.shape == x_test.shape == (6, 64, 64, 3)
     assert x_train.dtype == np.float32 and y_train.dtype == np.int32
     assert 0 <= y_test.min() and y_test.max() < 1000

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -73,7 +74,7 @@ def _bad_inputs():
     finished = {"metrics.json": json.dumps({"test_accuracy": 0.5})}
     other_run = {"config.json": json.dumps({"model": "reactnet_nobn"})}
     return [
-        ("model", ["--model=nope"], ["'nope'", "reactnet18_nobn", "reactnet_nobn"], {}),
+        ("model", ["--model=nope"], ["'nope'", "reactnet18_nobn", "reactnet_nobn", "resnet50"], {}),
         ("dataset", ["--dataset=nope"], ["'nope'", "digits", "synthetic"], {}),
         ("epochs", ["--epochs=0"], ["--epochs", "positive"], {}),
         ("batch_size", ["--batch_size=-1"], ["--batch_size", "-1"], {}),
@@ -87,7 +88,33 @@ def _bad_inputs():
         (
             "missing_teacher",
             ["--loss=kd", "--teacher={tmp}/no_teacher"],
-            ["--teacher", "no_teacher", "does not exist"],
+            ["--teacher", "no_teacher", "no such file", "resnet50", "convnext_base"],
+            {},
+        ),
+        (
+            "unknown_teacher_name",
+            ["--loss=kd", "--teacher=resnet34"],
+            ["--teacher resnet34", "resnet50", "efficientnetv2_s", "convnext_tiny"],
+            {},
+        ),
+        ("teacher_without_kd", ["--teacher=resnet50"], ["--teacher", "--loss kd"], {}),
+        (
+            "imagenet_teacher_for_10_classes",
+            ["--loss=kd", "--teacher=resnet50"],
+            ["--teacher resnet50", "1000", "digits has 10", "--model resnet50"],
+            {},
+        ),
+        (
+            "imagenet_weights_for_a_zoo_model",
+            ["--init_from=imagenet"],
+            ["--init_from imagenet", "applications"],
+            {},
+        ),
+        ("application_in_two_stages", ["--model=resnet50", "--stages=1,2"], ["--stages 1"], {}),
+        (
+            "application_below_32_pixels",
+            ["--model=resnet50"],  # FAST's images are 8x8
+            ["--model resnet50", "at least 32"],
             {},
         ),
         (
@@ -321,6 +348,79 @@ def test_knowledge_distillation_run(tmp_path):
     student = tf.keras.models.load_model(os.path.join(model_dir, "model.keras"))
     assert student.name == "reactnet18_nobn"
     assert student.output_shape == (None, 10)
+
+
+def test_a_teacher_trained_by_the_program_distills_a_student(tmp_path):
+    """`--model resnet50` trains a full-precision application (new 10-class head, the
+    adapter in front) with its SGD recipe in one stage; its `model.keras` is then accepted
+    by `--teacher`, and the kd student trains and saves alone. One step each."""
+    data_flags = ["--dataset=digits", "--train_subset=32", "--image_size=32", "--verbose=0"]
+    data_flags += ["--epochs=1", "--batch_size=32"]
+    teacher_dir = str(tmp_path / "teacher")
+    assert run_main("--model=resnet50", *data_flags, f"--model_dir={teacher_dir}") == 0
+    with open(os.path.join(teacher_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert set(metrics["stages"]) == {"1"} and metrics["stages"]["1"]["steps"] == 1
+    assert metrics["config"]["learning_rate"] == 0.1 * 32 / 256  # scaled to the batch
+    assert metrics["config"]["stages"] == [1]
+    teacher_file = os.path.join(teacher_dir, "model.keras")
+    with zipfile.ZipFile(teacher_file) as archive:  # read without loading 90 MB of weights
+        saved = json.loads(archive.read("config.json"))
+    layers = saved["config"]["layers"]
+    assert [layer["class_name"] for layer in layers[1:3]] == ["ApplicationInput", "Functional"]
+    assert layers[-1]["config"]["name"] == "fc" and layers[-1]["config"]["units"] == 10
+
+    student_dir = str(tmp_path / "student")
+    flags = [*MODEL, *data_flags, "--stages=1", "--loss=kd", f"--teacher={teacher_file}"]
+    assert run_main(*flags, f"--model_dir={student_dir}") == 0
+    history = read_history(os.path.join(student_dir, "stage1", "history.csv"))
+    assert len(history) == 1 and np.isfinite(float(history[0]["loss"]))
+    with open(os.path.join(student_dir, "metrics.json")) as f:
+        assert json.load(f)["config"]["teacher"] == teacher_file
+    with zipfile.ZipFile(os.path.join(student_dir, "model.keras")) as archive:
+        student = json.loads(archive.read("config.json"))
+    assert student["config"]["name"] == "reactnet18_nobn"  # the student alone
+
+
+def test_imagenet_weights_offline_are_one_line_before_anything_is_written(
+    tmp_path, capsys, monkeypatch
+):
+    import socket
+
+    try:
+        socket.getaddrinfo("storage.googleapis.com", 443)
+        pytest.skip("online: the real attempt would download the weights")
+    except OSError:
+        pass
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty Keras cache (~/.keras/models)
+    (tmp_path / ".keras").mkdir()
+    capsys.readouterr()
+    flags = ["--model=resnet50", "--init_from=imagenet", "--image_size=32"]
+    code = run_main(*FAST, *flags, f"--model_dir={tmp_path / 'out'}")
+    assert code == 2
+    line = error_line(capsys)
+    for part in (
+        "--init_from resnet50",
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        str(tmp_path / ".keras" / "models"),
+        "https://storage.googleapis.com/tensorflow/keras-applications/resnet/",
+    ):
+        assert part in line, (part, line)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_teacher_for_other_images_is_refused_before_training(tmp_path, capsys):
+    teacher = tf.keras.Sequential(
+        [tf.keras.Input((16, 16, 3)), tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)]
+    )
+    path = str(tmp_path / "teacher.keras")
+    teacher.save(path)
+    capsys.readouterr()
+    code = run_main(*FAST, "--loss=kd", f"--teacher={path}", f"--model_dir={tmp_path / 'out'}")
+    assert code == 2
+    line = error_line(capsys)
+    assert "(16, 16, 3)" in line and "(8, 8, 3)" in line and "--image_size" in line
+    assert not os.path.exists(tmp_path / "out")
 
 
 def test_export_tflite_writes_a_binary_flatbuffer(tmp_path):

@@ -64,7 +64,11 @@ def test_linear_decay_config_round_trip():
 def test_default_agc_clip():
     assert recipe.AGC_CLIP == 0.02
     assert Config().agc_clip == 0.02
-    assert Config().learning_rate == 5e-4
+    assert Config().resolved().learning_rate == 5e-4
+    # Applications: SGD's rate for batch 256, scaled linearly to the batch.
+    assert Config(model="resnet50", batch_size=64).resolved().learning_rate == 0.1 / 4
+    fine_tune = Config(model="resnet50", batch_size=512, init_from="imagenet").resolved()
+    assert fine_tune.learning_rate == 0.01 * 2
 
 
 def test_optimizer_is_agc_wrapped_torch_adam(reactnet18):
@@ -232,3 +236,30 @@ def test_distillation_loss_and_frozen_teacher(mirrored):
     np.testing.assert_allclose(
         model.predict(x, verbose=0), student(x).numpy(), rtol=1e-5, atol=1e-6
     )
+
+
+def test_distillation_teacher_is_untracked_and_runs_in_inference_mode(tmp_path):
+    """The teacher's weights are not the model's (no checkpoint holds them, AGC never sees
+    them) and it predicts in inference mode during `fit` (its dropout of 0.9 is off)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 6)).astype(np.float32)
+    y = rng.integers(0, 10, size=16).astype(np.int32)
+    student = _dense_model(5, "student")
+    tf.keras.utils.set_random_seed(6)
+    teacher = tf.keras.Sequential(
+        [tf.keras.Input((6,)), tf.keras.layers.Dropout(0.9), tf.keras.layers.Dense(10)],
+        name="teacher",
+    )
+    model = recipe.Distillation(student, teacher)
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.0), loss=None)
+    teacher_ids = {id(w) for w in teacher.weights}
+    assert not any(id(w) in teacher_ids for w in model.weights)
+
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0).history
+    kd = -np.sum(_softmax(teacher(x).numpy()) * _log_softmax(student(x).numpy()), axis=-1)
+    np.testing.assert_allclose(history["loss"], [kd.mean()] * 2, rtol=1e-5)
+
+    path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(str(tmp_path / "c"))
+    saved = [name for name, _ in tf.train.list_variables(path)]
+    assert any(n.startswith("model/student/") for n in saved)
+    assert not any("teacher" in n for n in saved), saved

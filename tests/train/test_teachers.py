@@ -1,6 +1,5 @@
 """Teachers: Keras applications fed the student's normalized batches (offline, weights=None)."""
 
-import os
 import socket
 import time
 
@@ -12,10 +11,6 @@ from larq_nobn.train import teachers
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 GRAY = ((0.2860,), (0.3530,))  # Fashion-MNIST, broadcast to RGB
-# Building takes 5-30 s per application here: one builds with weights=None by default
-# (ResNet50 and EfficientNetV2B0 build in the weights tests), all with LARQ_NOBN_ALL_TEACHERS=1.
-QUICK = ("convnext_tiny",)
-ALL_TEACHERS = bool(os.environ.get("LARQ_NOBN_ALL_TEACHERS"))
 
 
 def _student_batch(norm, size=32, seed=0):
@@ -59,18 +54,7 @@ def test_weight_file_names_follow_tf_keras():
     assert apps["convnext_base"].weights_file(True) == "convnext_base.h5"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            n,
-            marks=pytest.mark.skipif(
-                n not in QUICK and not ALL_TEACHERS, reason="slow; LARQ_NOBN_ALL_TEACHERS=1"
-            ),
-        )
-        for n in teachers.APPLICATION_NAMES
-    ],
-)
+@pytest.mark.parametrize("name", teachers.APPLICATION_NAMES)
 def test_builds_with_a_new_head_at_the_student_resolution(name):
     model = teachers.build_application(
         name, num_classes=10, input_shape=(32, 32, 3), mean=IMAGENET[0], std=IMAGENET[1]

@@ -22,6 +22,10 @@ from tf_keras.src.applications import convnext as _convnext  # its unregistered 
 
 MIN_SIZE = 32  # the smallest input side every listed application accepts
 IMAGENET_CLASSES = 1000
+# Batch norm's moving averages follow the batches at torch's default rate (Keras' 0.99 takes
+# thousands of steps to forget their initial values: a short teacher run then evaluates
+# with statistics that are not its network's).
+BN_MOMENTUM = 0.9
 _WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # How tf_keras names the weight files: `{model name}{"" or "_notop"}`, per module.
 _RESNET_FILE = "{}_weights_tf_dim_ordering_tf_kernels{}.h5"
@@ -251,6 +255,7 @@ def build_application(
     ImageNet head and `size` defaults to the native resolution. Otherwise it gets
     `include_top=False, pooling="avg"` (backbone weights None or ImageNet) and a new
     `Dense(num_classes)` head named `fc`, and `size` defaults to the student's resolution.
+    Its batch norm layers get momentum `BN_MOMENTUM` (torch's default) for training.
 
     Args:
         name: One of `APPLICATION_NAMES`.
@@ -291,6 +296,9 @@ def build_application(
         classifier_activation=None,
         **app.build_kwargs,
     )
+    for layer in backbone.layers:  # no effect on a frozen teacher (inference mode)
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
     inputs = tf.keras.Input(shape=tuple(input_shape))
     x = ApplicationInput(name, mean, std, size, name="application_input")(inputs)
     x = backbone(x)

@@ -213,3 +213,15 @@ def test_errors():
         teachers.ApplicationInput("resnet50", (0.5, 0.5), (0.2, 0.2))
     with pytest.raises(ValueError, match="weights"):
         teachers.build_application("resnet50", weights="noisy-student", **kwargs)
+
+
+def test_batch_norm_follows_the_batches_at_torchs_rate():
+    model = teachers.build_application(
+        "resnet50", num_classes=10, input_shape=(32, 32, 3), mean=IMAGENET[0], std=IMAGENET[1]
+    )
+    norms = [
+        layer
+        for layer in model.get_layer("resnet50").layers
+        if isinstance(layer, tf.keras.layers.BatchNormalization)
+    ]
+    assert len(norms) == 53 and {layer.momentum for layer in norms} == {0.9}

@@ -288,3 +288,14 @@ def test_command_line_plots_the_variants_and_a_trained_model(tmp_path, capsys, d
         spp_plot.main(["--backbone=reactnet18", f"--trained=bnn={path}", f"--out={png}"])
     with pytest.raises(SystemExit, match="not reactnet18_none"):
         spp_plot.main(["--backbone=reactnet18", f"--trained=none={path}", f"--out={png}"])
+
+
+def test_stage_two_models_have_the_same_blocks(digits):
+    """Stage 2 (binary weights) keeps the layer names: the same 16 entries, measured."""
+    model = zoo.get_model(
+        "reactnet18_nobn", stage=2, stem="cifar", input_shape=(32, 32, 3), num_classes=10
+    )
+    statistics = larq_nobn.signal_propagation(model, digits)
+    assert [s.name for s in statistics] == [f"block{i}" for i in range(1, 17)]
+    values = [v for s in statistics for v in (s.squared_mean, s.variance, s.residual_variance)]
+    assert np.all(np.isfinite(values)) and min(values) > 0

@@ -322,34 +322,6 @@ def test_init_from_and_stage_two_start_from_stage_one(trained, tmp_path):
     assert os.path.isfile(os.path.join(model_dir, "curves.png"))
 
 
-def test_knowledge_distillation_run(tmp_path):
-    teacher = tf.keras.Sequential(
-        [tf.keras.Input((8, 8, 3)), tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)]
-    )
-    teacher_dir = str(tmp_path / "teacher")
-    teacher.save(teacher_dir)  # a SavedModel directory
-    assert os.path.isfile(os.path.join(teacher_dir, "saved_model.pb"))
-    model_dir = str(tmp_path / "kd")
-    flags = [*MODEL, "--dataset=synthetic", "--image_size=8", "--stages=1", "--epochs=1"]
-    flags += ["--batch_size=128", "--loss=kd", f"--teacher={teacher_dir}", "--verbose=0"]
-
-    assert run_main(*flags, f"--model_dir={model_dir}") == 0
-
-    history = read_history(os.path.join(model_dir, "stage1", "history.csv"))
-    assert [int(row["epoch"]) for row in history] == [1]
-    loss = float(history[0]["loss"])
-    assert np.isfinite(loss) and loss > 0
-    assert 0.0 <= float(history[0]["accuracy"]) <= 1.0
-    with open(os.path.join(model_dir, "metrics.json")) as f:
-        metrics = json.load(f)
-    assert metrics["config"]["loss"] == "kd" and metrics["config"]["teacher"] == teacher_dir
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0
-    # The saved model is the student alone (32-bit weights of the zoo model, no teacher).
-    student = tf.keras.models.load_model(os.path.join(model_dir, "model.keras"))
-    assert student.name == "reactnet18_nobn"
-    assert student.output_shape == (None, 10)
-
-
 def test_a_teacher_trained_by_the_program_distills_a_student(tmp_path):
     """`--model resnet50` trains a full-precision application (new 10-class head, the
     adapter in front) with its SGD recipe in one stage; its `model.keras` is then accepted

@@ -331,6 +331,11 @@ class Run:
                 f"got {size} (see --image_size)"
             )
         if config.init_from == IMAGENET:  # Config allows it for applications only
+            if self.info.num_classes == teachers.IMAGENET_CLASSES:
+                raise ConfigError(
+                    f"--init_from {IMAGENET} on {config.dataset}: the published "
+                    f"{config.model} already is that model; use it as --teacher {config.model}"
+                )
             imagenet = self.application(config.model, weights=IMAGENET, what="--init_from")
             self.init_weights = imagenet.get_weights()
         elif config.init_from:

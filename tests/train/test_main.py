@@ -381,6 +381,21 @@ def test_imagenet_weights_offline_are_one_line_before_anything_is_written(
     assert not os.path.exists(tmp_path / "out")
 
 
+def test_imagenet_weights_for_imagenet_itself_point_to_the_teacher(tmp_path, capsys):
+    """Fine-tuning an application from its ImageNet weights on ImageNet would rebuild the
+    published model: refused with a pointer to `--teacher`, before anything is written."""
+    from tests.train.test_data import _mock_data
+
+    capsys.readouterr()
+    flags = ["--model=resnet50", "--init_from=imagenet", "--dataset=imagenet2012"]
+    with _mock_data(num_examples=4):
+        code = run_main(*flags, "--image_size=32", "--batch_size=2", f"--model_dir={tmp_path}/o")
+    assert code == 2
+    line = error_line(capsys)
+    assert "--init_from imagenet on imagenet2012" in line and "--teacher resnet50" in line
+    assert not os.path.exists(tmp_path / "o")
+
+
 def test_a_teacher_for_other_images_is_refused_before_training(tmp_path, capsys):
     teacher = tf.keras.Sequential(
         [tf.keras.Input((16, 16, 3)), tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)]

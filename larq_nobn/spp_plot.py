@@ -177,6 +177,14 @@ def _trained_models(specs: Sequence[str], backbone: str) -> dict[str, tf.keras.M
     return models
 
 
+def _measured(label: str, model: tf.keras.Model, images) -> list[BlockStatistics]:
+    """`signal_propagation` in training mode, each block printed as a line after `label`."""
+    statistics = signal_propagation(model, images, training=True)
+    for block in statistics:
+        print(label, block.name, *(f"{getattr(block, f):.4g}" for f, _ in STATISTICS))
+    return statistics
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The command line: the three variants of a backbone at initialization (and trained
     models given with --trained), one PNG."""
@@ -224,18 +232,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             num_classes=info.num_classes,
             **({"stem": stem} if args.backbone == "reactnet18" else {}),
         )
-        statistics[norm] = signal_propagation(model, images, training=True)
-        for block in statistics[norm]:
-            print(norm, block.name, *(f"{getattr(block, f):.4g}" for f, _ in STATISTICS))
-    trained_statistics = {}
-    for variant, model in trained.items():
-        trained_statistics[variant] = signal_propagation(model, images, training=True)
-        for block in trained_statistics[variant]:
-            print(
-                f"{variant}(trained)",
-                block.name,
-                *(f"{getattr(block, f):.4g}" for f, _ in STATISTICS),
-            )
+        statistics[norm] = _measured(norm, model, images)
+    trained_statistics = {
+        variant: _measured(f"{variant}(trained)", model, images)
+        for variant, model in trained.items()
+    }
     title = (
         f"{args.backbone}, stage {args.stage}, at initialization (seed {args.seed})"
         f"{' and trained (dashed)' if trained else ''}: "

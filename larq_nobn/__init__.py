@@ -41,6 +41,7 @@ if "tensorflow" not in sys.modules:
         import tensorflow  # noqa: F401
 
 from larq_nobn.constraints import WeightStandardization  # noqa: E402
+from larq_nobn.conv import QuantConv2D, conv2d, conv_gradients, set_conv_gradients  # noqa: E402
 from larq_nobn.layers import LearnableBias, ScaledWSConv2D, ScaledWSQuantConv2D  # noqa: E402
 from larq_nobn.optimizers import AGC, AdaptiveGradientClipping, TorchAdam  # noqa: E402
 from larq_nobn.quantizers import MagnitudeAwareSteSign  # noqa: E402
@@ -60,12 +61,16 @@ __all__ = [
     "BlockStatistics",
     "LearnableBias",
     "MagnitudeAwareSteSign",
+    "QuantConv2D",
     "ScaledWSConv2D",
     "ScaledWSQuantConv2D",
     "TorchAdam",
     "WeightStandardization",
+    "conv2d",
+    "conv_gradients",
     "scaled_standardize",
     "scaled_ws_kernel",
+    "set_conv_gradients",
     "signal_propagation",
     "standardize",
     "unitwise_norm",

@@ -8,6 +8,7 @@ import larq as lq
 import tensorflow as tf
 from larq import utils as lq_utils
 
+from larq_nobn.conv import FastGradientConv
 from larq_nobn.quantizers import MagnitudeAwareSteSign
 from larq_nobn.unitwise import scaled_standardize, scaled_ws_kernel
 
@@ -69,7 +70,7 @@ class _StandardizedKernel:
 
 
 @lq_utils.register_keras_custom_object
-class ScaledWSQuantConv2D(lq.layers.QuantConv2D):
+class ScaledWSQuantConv2D(FastGradientConv, lq.layers.QuantConv2D):
     """A larq `QuantConv2D` whose latent kernel is scaled-weight-standardized.
 
     For a latent kernel W of shape (kh, kw, in, out) the convolution uses

@@ -8,7 +8,6 @@
 
 import dataclasses
 
-import larq as lq
 import tensorflow as tf
 from larq_zoo.core import utils as zoo_utils
 
@@ -100,7 +99,7 @@ class Variant:
                 raise ValueError(f"Only the nobn variant scales kernels, not {self.norm!r}.")
             # No kernel constraint, as in the reference: keep larq from warning about it.
             with larq_nobn.layers.silence_starved_weights_warning():
-                x = lq.layers.QuantConv2D(filters, kernel_size, **kwargs)(x)
+                x = larq_nobn.conv.QuantConv2D(filters, kernel_size, **kwargs)(x)
         if self.norm == "bn":
             x = tf.keras.layers.BatchNormalization(
                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"

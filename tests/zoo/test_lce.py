@@ -53,3 +53,24 @@ def test_rescalings_seen_only_by_signs_are_folded_into_the_biases():
     np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)
     counts = export.op_counts(export.convert(model))
     assert counts["MUL"] == 3 and counts["LceBconv2d"] == 16
+
+
+def test_exported_graph_does_not_depend_on_the_gradients():
+    # Inference has no gradients: the same operators compute the same outputs. (The bn
+    # variant, whose convolutions reach the converter as they are; the nobn variant's are
+    # folded into larq's QuantConv2D first.)
+    model = zoo.get_model(
+        "reactnet18_bn", stage=2, stem="cifar", input_shape=(16, 16, 3), num_classes=10
+    )
+    images = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype("float32")
+    flatbuffers = {}
+    for mode in ("forward", "tensorflow"):
+        with larq_nobn.conv_gradients(mode):
+            flatbuffers[mode] = export.convert(model)
+    counts = export.op_counts(flatbuffers["forward"])
+    assert counts == export.op_counts(flatbuffers["tensorflow"])
+    assert counts["LceBconv2d"] == 16 and "IDENTITY" not in counts
+    np.testing.assert_array_equal(
+        export.predict(flatbuffers["forward"], images),
+        export.predict(flatbuffers["tensorflow"], images),
+    )

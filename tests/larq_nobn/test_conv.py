@@ -1,0 +1,232 @@
+"""Tests of `larq_nobn.conv`: forward-kernel convolution gradients equal TensorFlow's."""
+
+import itertools
+
+import larq as lq
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import larq_nobn
+from larq_nobn import conv, zoo
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture
+def forward_gradients():
+    with larq_nobn.conv_gradients("forward"):
+        yield
+
+
+def random(*shape, dtype="float32"):
+    return tf.constant(RNG.standard_normal(shape), dtype)
+
+
+def gradients(fn, x, w):
+    """Output, input and filter gradients of sum(y * cotangent) for a fixed cotangent."""
+    with tf.GradientTape() as tape:
+        tape.watch([x, w])
+        y = fn(x, w)
+        positions = tf.cast(tf.reshape(tf.range(tf.size(y)), y.shape), "float32")
+        cotangent = tf.cast(tf.sin(positions), y.dtype)
+        loss = tf.reduce_sum(y * cotangent)
+    return [y, *tape.gradient(loss, [x, w])]
+
+
+def assert_relative(actual, expected, rtol, what=""):
+    """|actual - expected| <= rtol * max|expected|, element by element."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, what
+    scale = max(np.abs(expected).max(), 1e-12)
+    assert np.abs(actual - expected).max() <= rtol * scale, what
+
+
+def tf_padding(padding):
+    return padding if isinstance(padding, str) else [[0, 0], *padding, [0, 0]]
+
+
+GRID = [
+    (size, kernel, stride, padding)
+    for size, kernel, stride, padding in itertools.product(
+        (1, 2, 3, 4, 7), (1, 3, 7), (1, 2), ("SAME", "VALID", [[1, 1], [1, 1]], [[3, 0], [0, 2]])
+    )
+    if padding != "VALID" or size >= kernel
+    if isinstance(padding, str) or size + min(map(sum, padding)) >= kernel
+]
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding", GRID)
+def test_gradients_equal_tensorflows(forward_gradients, size, kernel, stride, padding):
+    # Height and width differ, so that a swapped axis would show.
+    x, w = random(2, size, size + 1, 3), random(kernel, kernel, 3, 5)
+    ours = gradients(lambda x, w: larq_nobn.conv2d(x, w, stride, padding), x, w)
+    theirs = gradients(lambda x, w: tf.nn.conv2d(x, w, stride, tf_padding(padding)), x, w)
+    for a, b in zip(ours, theirs, strict=True):
+        assert_relative(a, b, 1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("in_channels,out_channels", [(512, 512), (128, 256), (64, 64)])
+def test_many_channels_on_small_maps(in_channels, out_channels, stride):
+    # The default mode, at the shapes of the backbones' last stages.
+    x, w = random(2, 2, 2, in_channels), random(3, 3, in_channels, out_channels)
+    ours = gradients(lambda x, w: larq_nobn.conv2d(x, w, stride), x, w)
+    theirs = gradients(lambda x, w: tf.nn.conv2d(x, w, stride, "SAME"), x, w)
+    for a, b in zip(ours, theirs, strict=True):
+        assert_relative(a, b, 1e-5)
+
+
+def gradient_ops(fn, x, w) -> set[str]:
+    graph = tf.function(lambda x, w: gradients(fn, x, w)).get_concrete_function(x, w).graph
+    return {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize(
+    "mode,channels,tf_input,tf_filter",
+    [
+        ("tensorflow", 512, True, True),
+        ("forward", 8, False, False),
+        ("auto", 8, True, True),  # few channels: TensorFlow's kernels are as fast
+        ("auto", 128, False, True),  # 128 * 128: the input gradient is ours
+        ("auto", 512, False, False),  # 512 * 512: both are ours
+    ],
+)
+def test_which_kernels_compute_the_gradients(mode, channels, tf_input, tf_filter):
+    x, w = random(2, 4, 4, channels), random(3, 3, channels, channels)
+    with larq_nobn.conv_gradients(mode):
+        ops = gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, 1), x, w)
+    assert ("Conv2DBackpropInput" in ops) == tf_input
+    assert ("Conv2DBackpropFilter" in ops) == tf_filter
+
+
+def test_auto_keeps_tensorflows_kernels_where_a_gpu_is_visible(monkeypatch):
+    real = tf.config.list_logical_devices
+    monkeypatch.setattr(
+        tf.config,
+        "list_logical_devices",
+        lambda kind=None: ["/GPU:0"] if kind == "GPU" else real(kind),
+    )
+    x, w = random(2, 4, 4, 512), random(3, 3, 512, 512)
+    ops = gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, 1), x, w)
+    assert {"Conv2DBackpropInput", "Conv2DBackpropFilter"} <= ops
+
+
+def test_mode_switch():
+    assert conv.get_conv_gradients() == "auto"
+    with larq_nobn.conv_gradients("tensorflow"):
+        assert conv.get_conv_gradients() == "tensorflow"
+    assert conv.get_conv_gradients() == "auto"
+    with pytest.raises(ValueError, match="must be one of"):
+        larq_nobn.set_conv_gradients("fast")
+    with pytest.raises(ValueError, match="two non-negative pairs"):
+        larq_nobn.conv2d(random(1, 3, 3, 1), random(3, 3, 1, 1), 1, [[1, -1], [0, 0]])
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float16", 2e-2), ("bfloat16", 5e-2)])
+def test_low_precision(forward_gradients, dtype, rtol):
+    x, w = random(2, 4, 4, 8, dtype=dtype), random(3, 3, 8, 16, dtype=dtype)
+    ours = gradients(lambda x, w: larq_nobn.conv2d(x, w, 2), x, w)
+    reference = gradients(
+        lambda x, w: tf.nn.conv2d(x, w, 2, "SAME"), tf.cast(x, "float32"), tf.cast(w, "float32")
+    )
+    for a, b in zip(ours, reference, strict=True):
+        assert a.dtype == dtype
+        assert_relative(tf.cast(a, "float32"), b, rtol)
+
+
+def test_jit_compile(forward_gradients):
+    x, w = random(2, 5, 5, 4), random(3, 3, 4, 6)
+    compiled = tf.function(
+        lambda x, w: gradients(lambda x, w: larq_nobn.conv2d(x, w, 2), x, w), jit_compile=True
+    )
+    theirs = gradients(lambda x, w: tf.nn.conv2d(x, w, 2, "SAME"), x, w)
+    for a, b in zip(compiled(x, w), theirs, strict=True):
+        assert_relative(a, b, 1e-5)
+
+
+LAYERS = [
+    lambda: larq_nobn.ScaledWSQuantConv2D(
+        6,
+        3,
+        strides=2,
+        padding="same",
+        pad_values=1.0,
+        input_quantizer="ste_sign",
+        kernel_quantizer="magnitude_aware_ste_sign",
+    ),
+    lambda: larq_nobn.ScaledWSConv2D(6, 3, padding="valid"),
+    lambda: larq_nobn.QuantConv2D(
+        6,
+        3,
+        strides=2,
+        padding="same",
+        input_quantizer="approx_sign",
+        kernel_quantizer="ste_sign",
+    ),
+    lambda: larq_nobn.QuantConv2D(6, 1, use_bias=True, bias_initializer="ones"),
+]
+
+
+@pytest.mark.parametrize("make_layer", LAYERS)
+def test_layers_gradients_equal_tensorflows(make_layer):
+    layer = make_layer()
+    x = random(2, 6, 6, 4)
+    layer.build(x.shape)
+
+    def run(mode):
+        with larq_nobn.conv_gradients(mode), tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    for a, b in zip(run("forward"), run("tensorflow"), strict=True):
+        assert_relative(a, b, 1e-5)
+
+
+def test_larq_conv_layer_is_larqs_with_other_gradients():
+    layer = larq_nobn.QuantConv2D(4, 3, input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+    assert isinstance(layer, lq.layers.QuantConv2D)
+    config = tf.keras.layers.serialize(layer)
+    clone = tf.keras.layers.deserialize(config)
+    assert type(clone) is larq_nobn.QuantConv2D
+    assert clone.get_config() == layer.get_config()
+
+
+MODELS = [
+    (f"{backbone}_{norm}", stage)
+    for backbone in ("reactnet_a", "reactnet18")
+    for norm in zoo.NORMS
+    for stage in zoo.STAGES
+]
+
+
+@pytest.fixture
+def float64():
+    # Batch norm over the two values of a 1x1 map amplifies float32 rounding in the
+    # gradients by orders of magnitude; in float64 any real difference still shows.
+    tf.keras.backend.set_floatx("float64")
+    yield
+    tf.keras.backend.set_floatx("float32")
+
+
+@pytest.mark.parametrize("name,stage", MODELS)
+def test_zoo_model_gradients_equal_tensorflows(float64, name, stage):
+    tf.keras.utils.set_random_seed(1)
+    model = zoo.get_model(name, stage=stage, input_shape=(32, 32, 3), num_classes=10)
+    images = random(2, 32, 32, 3, dtype="float64")
+
+    def run(mode):
+        with larq_nobn.conv_gradients(mode), tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(model(images, training=True)))
+        return tape.gradient(loss, model.trainable_variables)
+
+    ours, theirs = run("forward"), run("tensorflow")
+    assert len(ours) == len(model.trainable_variables) > 0
+    # Some variables' true gradients are zero (batch norm over the 2 values of a 1x1
+    # map) and hold only rounding noise: compare against the model's largest gradient.
+    scale = max(float(tf.reduce_max(tf.abs(g))) for g in theirs)
+    for variable, a, b in zip(model.trainable_variables, ours, theirs, strict=True):
+        assert a.dtype == ("float32" if variable.name.startswith("fc/") else "float64")
+        assert float(tf.reduce_max(tf.abs(a - b))) <= 1e-10 * scale, variable.name

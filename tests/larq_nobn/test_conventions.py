@@ -2,6 +2,9 @@
 constraints against (tf-keras' `optimizers/optimizer_test.py`, larq's `layers_test.py`,
 `quantizers_test.py`, `constraints_test.py`), checked on this library's classes."""
 
+import inspect
+
+import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -252,3 +255,146 @@ def test_sparse_gradients_equal_dense(make_inner, decays):
     # Only rows 1 and 3 have a gradient (TorchAdam's L2 moves every row).
     moved = np.abs(clipped[0] - initial).max(axis=1) > 1e-4
     assert moved.tolist() == ([True] * 5 if decays else [False, True, False, True, False])
+
+
+# ----------------------------------------------------------------------------------------
+# Conv layers: signature, pad values, groups, data format (larq's layers_test.py)
+# ----------------------------------------------------------------------------------------
+
+OWN_ARGUMENTS = ["gamma", "eps", "gain_initializer", "kernel_scale"]
+LARQ_ONLY = ["input_quantizer", "kernel_quantizer", "pad_values"]
+
+
+@pytest.mark.parametrize(
+    "layer, reference, ignored",
+    [
+        (larq_nobn.ScaledWSQuantConv2D, lq.layers.QuantConv2D, []),
+        # larq's own check of QuantConv2D against Conv2D ignores these.
+        (larq_nobn.ScaledWSQuantConv2D, tf.keras.layers.Conv2D, LARQ_ONLY),
+        (larq_nobn.ScaledWSConv2D, tf.keras.layers.Conv2D, ["pad_values"]),
+    ],
+)
+def test_keyword_arguments_and_defaults_are_the_reference_layers(layer, reference, ignored):
+    params = inspect.signature(layer).parameters
+    reference_params = inspect.signature(reference).parameters
+    names = [name for name in params if name not in ignored]
+    # The reference's arguments in its order, then this layer's own, then **kwargs.
+    assert names == [*list(reference_params)[:-1], *OWN_ARGUMENTS, "kwargs"]
+    for name, parameter in reference_params.items():
+        assert params[name].default == parameter.default, name
+        assert params[name].kind == parameter.kind, name
+    # The config: the reference's keys, plus the ignored and own arguments.
+    config, reference_config = layer(4, 3).get_config(), reference(4, 3).get_config()
+    assert set(reference_config) <= set(config)
+    assert set(config) - set(reference_config) == {*OWN_ARGUMENTS, *ignored}
+
+
+def _kernel_and_gain(filters, in_per_group, seed):
+    rng = np.random.default_rng(seed)
+    kernel = rng.normal(size=(3, 3, in_per_group, filters)).astype(np.float32)
+    gain = rng.uniform(0.5, 1.5, size=(filters,)).astype(np.float32)
+    bias = rng.normal(size=(filters,)).astype(np.float32)
+    return kernel, gain, bias
+
+
+def _layer(binary, filters, kernel, gain, bias, input_shape, **kwargs):
+    if binary:
+        layer = larq_nobn.ScaledWSQuantConv2D(
+            filters,
+            3,
+            input_quantizer="ste_sign",
+            kernel_quantizer="magnitude_aware_ste_sign",
+            **kwargs,
+        )
+    else:
+        layer = larq_nobn.ScaledWSConv2D(filters, 3, **kwargs)
+    layer.build(input_shape)
+    by_name = {"kernel": kernel, "gain": gain, "bias": bias}
+    layer.set_weights([by_name[w.name.split("/")[-1].split(":")[0]] for w in layer.weights])
+    return layer
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["fp", "binary"])
+@pytest.mark.parametrize("strides, dilation_rate", [(1, 1), (2, 1), (1, 2)])
+def test_pad_values_equal_padding_the_inputs(binary, strides, dilation_rate):
+    """`same` with `pad_values=1` is `valid` on inputs padded with ones (the TF padding
+    split, the extra row/column at the end)."""
+    x = np.random.default_rng(4).normal(size=(2, 6, 7, 3)).astype(np.float32)
+    kernel, gain, bias = _kernel_and_gain(4, 3, seed=5)
+    common = dict(strides=strides, dilation_rate=dilation_rate)
+    same = _layer(binary, 4, kernel, gain, bias, x.shape, padding="same", pad_values=1.0, **common)
+    valid = _layer(binary, 4, kernel, gain, bias, x.shape, padding="valid", **common)
+    pads = []
+    for size in x.shape[1:3]:
+        effective = (3 - 1) * dilation_rate + 1
+        total = max(effective - (size % strides or strides), 0)
+        pads.append((total // 2, total - total // 2))
+    padded = np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=1.0)
+    expected = valid(padded).numpy()
+    got = same(x).numpy()
+    assert got.shape == (2, -(-6 // strides), -(-7 // strides), 4)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Zeros would give something else.
+    zeros = _layer(binary, 4, kernel, gain, bias, x.shape, padding="same", **common)
+    assert not np.allclose(zeros(x).numpy(), got, atol=1e-3)
+
+
+def _outputs_and_kernel_gradient_tensors(layer, x):
+    with tf.GradientTape() as tape:
+        y = layer(x)
+        loss = tf.reduce_sum(y * y)
+    return y, tape.gradient(loss, layer.kernel)
+
+
+def _outputs_and_kernel_gradient(layer, x):
+    y, grad = _outputs_and_kernel_gradient_tensors(layer, tf.constant(x))
+    return y.numpy(), grad.numpy()
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["fp", "binary"])
+def test_groups_are_independent_convolutions_of_the_channel_groups(binary):
+    """groups=2: each half of the outputs is a separate ScaledWS layer on its half of the
+    inputs, with its slice of the kernel (same standardization, fan-in 3 * 3 * in / 2)."""
+    x = np.random.default_rng(6).normal(size=(2, 5, 5, 4)).astype(np.float32)
+    kernel, gain, bias = _kernel_and_gain(6, 2, seed=7)
+    grouped = _layer(binary, 6, kernel, gain, bias, x.shape, groups=2, padding="same")
+    assert grouped.kernel.shape == (3, 3, 2, 6)
+    got, got_grad = _outputs_and_kernel_gradient(grouped, x)
+
+    outputs, grads = [], []
+    for g in range(2):
+        part = slice(3 * g, 3 * (g + 1))
+        single = _layer(
+            binary, 3, kernel[..., part], gain[part], bias[part], (2, 5, 5, 2), padding="same"
+        )
+        y, grad = _outputs_and_kernel_gradient(single, x[..., 2 * g : 2 * (g + 1)])
+        outputs.append(y)
+        grads.append(grad)
+    np.testing.assert_allclose(got, np.concatenate(outputs, axis=-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_grad, np.concatenate(grads, axis=-1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["fp", "binary"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_channels_first_is_channels_last_transposed(binary, groups):
+    """Same kernel (Keras keeps it HWIO), NCHW inputs: the NHWC outputs transposed, and
+    the same kernel gradient. Run under XLA: TensorFlow's CPU convolutions are NHWC only,
+    as for tf.keras.layers.Conv2D."""
+    x = np.random.default_rng(8).normal(size=(2, 7, 6, 4)).astype(np.float32)
+    kernel, gain, bias = _kernel_and_gain(6, 4 // groups, seed=9)
+    common = dict(groups=groups, padding="same", pad_values=1.0, strides=2)
+    last = _layer(binary, 6, kernel, gain, bias, x.shape, **common)
+    first = _layer(
+        binary, 6, kernel, gain, bias, (2, 4, 7, 6), data_format="channels_first", **common
+    )
+    step = tf.function(_outputs_and_kernel_gradient_tensors, jit_compile=True)
+    y_last, g_last = step(last, tf.constant(x))
+    y_first, g_first = step(first, tf.constant(x.transpose(0, 3, 1, 2)))
+    assert y_first.shape == (2, 6, 4, 3)
+    np.testing.assert_allclose(
+        y_first.numpy(), y_last.numpy().transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(g_first.numpy(), g_last.numpy(), rtol=1e-4, atol=1e-5)
+    # The config says so, and round-trips.
+    again = type(first).from_config(first.get_config())
+    assert again.data_format == "channels_first" and again.groups == groups

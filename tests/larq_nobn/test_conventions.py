@@ -3,6 +3,7 @@ constraints against (tf-keras' `optimizers/optimizer_test.py`, larq's `layers_te
 `quantizers_test.py`, `constraints_test.py`), checked on this library's classes."""
 
 import inspect
+import os
 
 import larq as lq
 import numpy as np
@@ -12,6 +13,8 @@ import tensorflow as tf
 import larq_nobn
 from larq_nobn import AGC, AdaptiveGradientClipping, TorchAdam
 from larq_nobn.train import recipe
+from tests.larq_nobn import distributed_steps
+from tests.train import test_distribute
 
 # ----------------------------------------------------------------------------------------
 # Optimizers: config, serialization, model files without custom_objects
@@ -398,3 +401,53 @@ def test_channels_first_is_channels_last_transposed(binary, groups):
     # The config says so, and round-trips.
     again = type(first).from_config(first.get_config())
     assert again.data_format == "channels_first" and again.groups == groups
+
+
+# ----------------------------------------------------------------------------------------
+# tf.distribute: one device, two-CPU mirrored, 2x1 multi-worker
+# ----------------------------------------------------------------------------------------
+
+
+def _assert_same_weights(got, expected):
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def one_device_weights():
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    weights = {
+        "fit": distributed_steps.train_with_fit(strategy),
+        "loop": distributed_steps.train_with_loop(strategy),
+    }
+    # Non-vacuous: the steps moved every weight, and fit and the loop agree.
+    initial = distributed_steps._model().get_weights()
+    for trained in weights.values():
+        for a, b in zip(trained, initial, strict=True):
+            assert np.abs(a - b).max() > 1e-4
+    _assert_same_weights(weights["loop"], weights["fit"])
+    return weights
+
+
+@pytest.mark.parametrize("how", ["fit", "loop"])
+def test_two_cpu_mirrored_matches_one_device(one_device_weights, how):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    train = getattr(distributed_steps, f"train_with_{how}")
+    _assert_same_weights(train(strategy), one_device_weights[how])
+
+
+def test_two_workers_match_one_device(one_device_weights, tmp_path):
+    """A 2x1 MultiWorkerMirroredStrategy of real processes on 127.0.0.1."""
+    output = str(tmp_path / "weights")
+    script = os.path.relpath(distributed_steps.__file__, test_distribute.REPO)
+    workers = test_distribute.start_cluster(tmp_path, [[output]] * 2, "worker", script)
+    logs = test_distribute.finish_cluster(tmp_path, workers, "worker")
+    assert [worker.returncode for worker in workers] == [0, 0], logs
+    count = len(one_device_weights["fit"])
+    for index in range(2):
+        with np.load(f"{output}{index}.npz") as saved:
+            arrays = [saved[f"arr_{i}"] for i in range(2 * count)]
+        _assert_same_weights(arrays[:count], one_device_weights["fit"])
+        _assert_same_weights(arrays[count:], one_device_weights["loop"])

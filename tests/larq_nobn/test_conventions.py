@@ -9,6 +9,7 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
+from tf_keras.src.testing_infra import test_utils
 
 import larq_nobn
 from larq_nobn import AGC, AdaptiveGradientClipping, TorchAdam
@@ -401,6 +402,76 @@ def test_channels_first_is_channels_last_transposed(binary, groups):
     # The config says so, and round-trips.
     again = type(first).from_config(first.get_config())
     assert again.data_format == "channels_first" and again.groups == groups
+
+
+# ----------------------------------------------------------------------------------------
+# Quantizer, constraint, LearnableBias (larq's quantizers/constraints tests, Keras' layer_test)
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", [lq.quantizers, tf.keras.activations])
+def test_quantizer_get_serialize_deserialize(module):
+    fn = module.get(larq_nobn.MagnitudeAwareSteSign(clip_value=0.3))
+    assert type(fn) is larq_nobn.MagnitudeAwareSteSign and type(fn.precision) is int
+    restored = module.deserialize(module.serialize(fn))
+    assert type(restored) is larq_nobn.MagnitudeAwareSteSign
+    assert type(restored.precision) is int and restored.precision == 1
+    assert restored.clip_value == 0.3
+
+
+def test_quantizer_graph_eager_and_numpy_agree():
+    w = np.array([[0.5, -1.0, 0.0], [0.0, 2.0, -0.25]], np.float32)
+    expected = np.mean(np.abs(w), axis=0, keepdims=True) * np.where(w >= 0, 1.0, -1.0)
+    quantizer = lq.quantizers.get("magnitude_aware_ste_sign")
+    x = tf.keras.backend.placeholder(ndim=2)
+    graph = tf.keras.backend.function([x], [quantizer(x)])([w])[0]
+    np.testing.assert_allclose(graph, expected, rtol=1e-6)
+    np.testing.assert_allclose(quantizer(tf.constant(w)).numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(tf.function(quantizer)(tf.constant(w)).numpy(), expected)
+
+
+def test_quantizer_metrics_are_larqs():
+    """No metric by default; one flip ratio from `metrics_scope` or from `metrics=`."""
+
+    def kernel_quantizer_metrics(quantizer):
+        model = tf.keras.Sequential(
+            [lq.layers.QuantDense(3, kernel_quantizer=quantizer, input_shape=(4,))]
+        )
+        model.compile(loss="mse", optimizer="sgd")
+        return len(model.layers[0].kernel_quantizer._metrics)
+
+    assert kernel_quantizer_metrics("magnitude_aware_ste_sign") == 0
+    with lq.context.metrics_scope(["flip_ratio"]):
+        assert kernel_quantizer_metrics("magnitude_aware_ste_sign") == 1
+    assert kernel_quantizer_metrics(larq_nobn.MagnitudeAwareSteSign(metrics=["flip_ratio"])) == 1
+
+
+def test_constraint_get_serialize_and_values():
+    fn = tf.keras.constraints.get("weight_standardization")
+    assert type(fn) is larq_nobn.WeightStandardization
+    config = tf.keras.constraints.serialize(larq_nobn.WeightStandardization(eps=0.1))
+    restored = tf.keras.constraints.deserialize(config)
+    assert type(restored) is larq_nobn.WeightStandardization and restored.eps == 0.1
+    w = np.random.default_rng(13).uniform(-2, 2, size=(4, 10))
+    w[0, :3] = 0.0
+    result = tf.keras.backend.eval(restored(tf.keras.backend.variable(w)))
+    expected = (w - w.mean(axis=0)) / (w.std(axis=0) + 0.1)
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "mixed_float16"])
+def test_learnable_bias_passes_keras_layer_test(dtype):
+    x = np.random.default_rng(14).normal(size=(2, 3, 4)).astype(np.float32)
+    bias = np.array([0.5, -1.0, 0.25, 2.0], np.float32)
+    compute = "float16" if dtype != "float32" else "float32"
+    output = test_utils.layer_test(
+        larq_nobn.LearnableBias,
+        kwargs={"bias_initializer": tf.keras.initializers.Constant(bias), "dtype": dtype},
+        input_data=x.astype(compute),
+        expected_output=x.astype(compute) + bias.astype(compute),
+        expected_output_dtype=compute,
+    )
+    assert output.shape == x.shape
 
 
 # ----------------------------------------------------------------------------------------

@@ -73,9 +73,9 @@ class _StandardizedKernel:
 class ScaledWSQuantConv2D(FastGradientConv, lq.layers.QuantConv2D):
     """A larq `QuantConv2D` whose latent kernel is scaled-weight-standardized.
 
-    For a latent kernel W of shape (kh, kw, in, out) the convolution uses
+    For a latent kernel W of shape (kh, kw, in / groups, out) the convolution uses
 
-        W_hat = gamma * (W - mean(W)) / (std(W) + eps) / sqrt(kh * kw * in)
+        W_hat = gamma * (W - mean(W)) / (std(W) + eps) / sqrt(kh * kw * in / groups)
         kernel = gain * kernel_quantizer(W_hat)
 
     with the mean and population standard deviation taken per output channel and `gain` a
@@ -84,11 +84,21 @@ class ScaledWSQuantConv2D(FastGradientConv, lq.layers.QuantConv2D):
     reparameterization: gradients flow through it to the latent kernel. Without a kernel
     quantizer, or with "magnitude_aware_ste_sign", the effective kernel is computed by the
     fused `larq_nobn.scaled_ws_kernel` (same values and gradients, less time and memory);
-    any other quantizer is applied to `scaled_standardize(W)`. Everything else
-    (`input_quantizer`, `kernel_quantizer`, `kernel_constraint`, `pad_values`, ...) is as in
-    `larq.layers.QuantConv2D`. With no kernel quantizer this is the reference's
+    any other quantizer is applied to `scaled_standardize(W)`. Every argument of
+    `larq.layers.QuantConv2D` (so every one of `tf.keras.layers.Conv2D`) is taken, in its
+    order and with its default. With no kernel quantizer this is the reference's
     `ScaledStdConv2d`; with `kernel_quantizer="magnitude_aware_ste_sign"` its
     `HardBinaryScaledStdConv2d`.
+
+    Grouped convolutions: each output channel's kernel is the (kh, kw, in / groups) slice
+    of its group, so the per-channel standardization and its fan-in are unchanged
+    (computed from the kernel's shape). `data_format` does not change the kernel either
+    (Keras stores it as (kh, kw, in / groups, out) in both), only the layout of the
+    inputs and outputs; like `tf.keras.layers.Conv2D`, on CPUs `"channels_first"` runs
+    only where XLA compiles the convolution (`model.compile(jit_compile=True)`, or
+    `tf.function(jit_compile=True)`): TensorFlow's CPU kernels are NHWC only, and say so
+    in one line ("The Conv2D op currently only supports the NHWC tensor format on the
+    CPU"). On GPUs it runs everywhere, and is the layout cuDNN prefers.
 
     ```python
     x = ScaledWSQuantConv2D(
@@ -99,15 +109,36 @@ class ScaledWSQuantConv2D(FastGradientConv, lq.layers.QuantConv2D):
 
     Args:
         filters: number of output channels.
-        kernel_size: an integer or a pair of integers.
+        kernel_size: an integer or a pair of integers, the kernel's height and width.
+        strides: an integer or a pair of integers, the strides of the convolution.
+        padding: `"valid"` or `"same"`.
+        pad_values: the value `"same"` padding pads the inputs with (larq's; e.g. 1.0
+            for binary inputs, so that the padding is a valid binary value).
+        data_format: `"channels_last"` (NHWC) or `"channels_first"` (NCHW); None for
+            Keras' `image_data_format()`.
+        dilation_rate: an integer or a pair of integers, the dilation rate.
+        groups: the number of groups the input channels are split into, each convolved
+            with `filters / groups` filters; both must be divisible by it.
+        activation: the activation after the convolution (and the bias).
+        use_bias: whether the layer adds a bias.
+        input_quantizer: the quantizer of the inputs (larq), e.g. `"approx_sign"`.
+        kernel_quantizer: the quantizer of the standardized kernel (larq), e.g.
+            `"magnitude_aware_ste_sign"`.
+        kernel_initializer: initializer of the latent kernel.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the latent kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the outputs.
+        kernel_constraint: constraint of the latent kernel.
+        bias_constraint: constraint of the bias.
         gamma: the gain of the nonlinearity that follows (1.0 in the paper), > 0.
-        eps: added to the per-channel standard deviation.
+        eps: added to the per-channel standard deviation, >= 0.
         gain_initializer: initializer of the per-channel gain.
         kernel_scale: a constant factor on the effective kernel. Without a bias the
             outputs are then exactly `kernel_scale * conv(x)`: a scale after the
             convolution (such as the alpha of a BN-free residual branch) is applied to the
             (filters,) gain instead of to every output.
-        **kwargs: every argument of `larq.layers.QuantConv2D`.
+        **kwargs: the arguments of every Keras layer (`name`, `dtype`, ...).
 
     Returns:
         A Keras layer.
@@ -121,8 +152,25 @@ class ScaledWSQuantConv2D(FastGradientConv, lq.layers.QuantConv2D):
     def __init__(
         self,
         filters: int,
-        kernel_size,
-        *args,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "valid",
+        pad_values: float = 0.0,
+        data_format: str | None = None,
+        dilation_rate: int | tuple[int, int] = (1, 1),
+        groups: int = 1,
+        activation=None,
+        use_bias: bool = True,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        *,
         gamma: float = 1.0,
         eps: float = 1e-5,
         gain_initializer="ones",
@@ -142,11 +190,28 @@ class ScaledWSQuantConv2D(FastGradientConv, lq.layers.QuantConv2D):
         # larq warns that binary kernels without a `kernel_constraint` may starve. Not so
         # here: the quantizer sees the standardized kernel, |W_hat| ~ 1/sqrt(fan_in) << 1.
         with silence_starved_weights_warning():
-            super().__init__(filters, kernel_size, *args, **kwargs)
-        if self.data_format != "channels_last":
-            raise ValueError("ScaledWSQuantConv2D supports data_format='channels_last' only.")
-        if self.groups != 1:
-            raise ValueError("ScaledWSQuantConv2D does not support grouped convolutions.")
+            super().__init__(
+                filters,
+                kernel_size,
+                strides=strides,
+                padding=padding,
+                pad_values=pad_values,
+                data_format=data_format,
+                dilation_rate=dilation_rate,
+                groups=groups,
+                activation=activation,
+                use_bias=use_bias,
+                input_quantizer=input_quantizer,
+                kernel_quantizer=kernel_quantizer,
+                kernel_initializer=kernel_initializer,
+                bias_initializer=bias_initializer,
+                kernel_regularizer=kernel_regularizer,
+                bias_regularizer=bias_regularizer,
+                activity_regularizer=activity_regularizer,
+                kernel_constraint=kernel_constraint,
+                bias_constraint=bias_constraint,
+                **kwargs,
+            )
 
     def _get_quantizer(self, name):
         if name == "kernel":
@@ -177,29 +242,101 @@ class ScaledWSQuantConv2D(FastGradientConv, lq.layers.QuantConv2D):
 class ScaledWSConv2D(ScaledWSQuantConv2D):
     """Full-precision `Conv2D` with scaled weight standardization and a per-channel gain.
 
-    The reference's `ScaledStdConv2d`: a `ScaledWSQuantConv2D` without quantizers, with
-    `use_bias=False` by default (a standardized convolution is usually followed by a bias
-    or an activation shift of its own).
+    The reference's `ScaledStdConv2d`: a `ScaledWSQuantConv2D` without quantizers. It
+    takes every argument of `tf.keras.layers.Conv2D`, in its order and with its default
+    (`use_bias=True`, as Conv2D and torch's `Conv2d`), plus larq's `pad_values` and the
+    standardization's own; grouped convolutions and `data_format` work as in
+    `ScaledWSQuantConv2D`.
 
     Args:
         filters: number of output channels.
-        kernel_size: an integer or a pair of integers.
-        gamma: the gain of the nonlinearity that follows.
-        eps: added to the per-channel standard deviation.
-        **kwargs: every argument of `tf.keras.layers.Conv2D`.
+        kernel_size: an integer or a pair of integers, the kernel's height and width.
+        strides: an integer or a pair of integers, the strides of the convolution.
+        padding: `"valid"` or `"same"`.
+        pad_values: the value `"same"` padding pads the inputs with.
+        data_format: `"channels_last"` or `"channels_first"` (see `ScaledWSQuantConv2D`
+            for CPUs); None for Keras' `image_data_format()`.
+        dilation_rate: an integer or a pair of integers, the dilation rate.
+        groups: the number of groups of input channels.
+        activation: the activation after the convolution (and the bias).
+        use_bias: whether the layer adds a bias.
+        kernel_initializer: initializer of the latent kernel.
+        bias_initializer: initializer of the bias.
+        kernel_regularizer: regularizer of the latent kernel.
+        bias_regularizer: regularizer of the bias.
+        activity_regularizer: regularizer of the outputs.
+        kernel_constraint: constraint of the latent kernel.
+        bias_constraint: constraint of the bias.
+        gamma: the gain of the nonlinearity that follows, > 0.
+        eps: added to the per-channel standard deviation, >= 0.
+        gain_initializer: initializer of the per-channel gain.
+        kernel_scale: a constant factor on the effective kernel.
+        **kwargs: the arguments of every Keras layer (`name`, `dtype`, ...).
+
+    Returns:
+        A Keras layer.
 
     References:
         - [Characterizing signal propagation to close the performance gap in
           unnormalized ResNets](https://arxiv.org/abs/2101.08692)
     """
 
-    def __init__(self, filters: int, kernel_size, *args, use_bias: bool = False, **kwargs):
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = (1, 1),
+        padding: str = "valid",
+        pad_values: float = 0.0,
+        data_format: str | None = None,
+        dilation_rate: int | tuple[int, int] = (1, 1),
+        groups: int = 1,
+        activation=None,
+        use_bias: bool = True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        *,
+        gamma: float = 1.0,
+        eps: float = 1e-5,
+        gain_initializer="ones",
+        kernel_scale: float = 1.0,
+        **kwargs,
+    ):
         for name in ("input_quantizer", "kernel_quantizer"):
             if kwargs.get(name) is not None:
                 raise ValueError(
                     f"ScaledWSConv2D is full precision; use ScaledWSQuantConv2D for `{name}`."
                 )
-        super().__init__(filters, kernel_size, *args, use_bias=use_bias, **kwargs)
+            kwargs.pop(name, None)
+        super().__init__(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            pad_values=pad_values,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            groups=groups,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            gamma=gamma,
+            eps=eps,
+            gain_initializer=gain_initializer,
+            kernel_scale=kernel_scale,
+            **kwargs,
+        )
 
     def get_config(self):
         config = super().get_config()

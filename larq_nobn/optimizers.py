@@ -1,6 +1,7 @@
 """Adaptive gradient clipping (AGC) as a wrapper around any tf-keras optimizer, and
 PyTorch's Adam as a tf-keras optimizer."""
 
+import copy
 import re
 from collections.abc import Callable, Mapping, Sequence
 
@@ -102,6 +103,50 @@ def _unit_rule(units: UnitsType) -> Callable[[tf.Variable], str]:
     return rule
 
 
+def _with_registered_classes(config, custom_objects: Mapping | None = None) -> dict:
+    """`custom_objects` plus, under its bare class name, every registered class that the
+    serialized `config` names (its inner optimizer, its learning-rate schedule, ...).
+
+    tf-keras writes the objects nested in an optimizer's config in the current format,
+    `{"class_name": "TorchAdam", "registered_name": "larq_nobn>TorchAdam", ...}`, but reads
+    h5 and SavedModel files with its legacy deserializer, which looks up the bare
+    `class_name` only: without this, a registered inner optimizer or schedule is
+    "Unknown" there. Both deserializers look up `custom_objects` by `class_name` first.
+    """
+    found = dict(custom_objects or {})
+
+    def visit(node):
+        if isinstance(node, Mapping):
+            class_name, registered = node.get("class_name"), node.get("registered_name")
+            if isinstance(class_name, str) and isinstance(registered, str):
+                if class_name not in found:
+                    registered_object = tf.keras.utils.get_registered_object(
+                        registered, custom_objects
+                    )
+                    if registered_object is not None:
+                        found[class_name] = registered_object
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                visit(value)
+
+    visit(config)
+    return found
+
+
+def _inner_attribute(name: str, doc: str) -> property:
+    """A property of `AdaptiveGradientClipping` that reads and writes the inner optimizer's."""
+
+    def get(self):
+        return getattr(self._optimizer, name)
+
+    def set(self, value):
+        setattr(self._optimizer, name, value)
+
+    return property(get, set, doc=doc)
+
+
 @tf.keras.utils.register_keras_serializable(package="larq_nobn")
 class AdaptiveGradientClipping(
     tf.__internal__.tracking.DelegatingTrackableMixin, tf.keras.optimizers.Optimizer
@@ -113,6 +158,28 @@ class AdaptiveGradientClipping(
     are summed across replicas first, so the clip sees the global gradient. The wrapper owns
     no state: `iterations`, the learning rate (or schedule) and the slot variables are the
     inner optimizer's, and checkpoints have the inner optimizer's format.
+
+    Every other setting of a Keras optimizer (`learning_rate`, `clipnorm`,
+    `global_clipnorm`, `clipvalue`, `weight_decay`, `use_ema`, `ema_momentum`,
+    `ema_overwrite_frequency`, `jit_compile`) is the inner optimizer's too: give it to the
+    inner optimizer, or set it on the wrapper (`agc.clipnorm = 0.1` sets the inner
+    optimizer's), and it is saved with the inner optimizer's config. One step, in order:
+
+    1. the gradients are aggregated across replicas;
+    2. AGC clips them unit-wise (relative to the weights, so it must see the gradient as
+       computed, as in NFNets);
+    3. the inner optimizer applies its `clipvalue`, `clipnorm` or `global_clipnorm` to the
+       clipped gradients (a bound on the gradient's scale after AGC's bound on its ratio);
+    4. the inner optimizer decays the weights (Keras' decoupled `weight_decay`, or
+       `TorchAdam`'s coupled L2 added to the clipped gradient), updates them, applies
+       the variables' constraints and, with `use_ema`, updates the moving averages.
+
+    Sparse gradients (`tf.IndexedSlices`, from an `Embedding`) of clipped variables are
+    made dense, as the unit norms need the whole gradient; excluded variables keep them
+    sparse. Once `larq_nobn` is imported, a model compiled with this wrapper saves and
+    loads (h5, SavedModel, `.keras`) without `custom_objects`, with any registered inner
+    optimizer and learning-rate schedule; as for every Keras optimizer, a SavedModel
+    directory restores the optimizer's variables only through `model.load_weights(path)`.
 
     ```python
     model.compile(
@@ -242,37 +309,24 @@ class AdaptiveGradientClipping(
     def variables(self):
         return self._optimizer.variables
 
-    @property
-    def learning_rate(self):
-        return self._optimizer.learning_rate
+    # Every setting a Keras optimizer has is the inner optimizer's: read and written there,
+    # saved in its config, and applied by its `apply_gradients` after AGC's clip.
+    learning_rate = _inner_attribute("learning_rate", "The inner learning rate (or schedule).")
+    lr = _inner_attribute("learning_rate", "Legacy alias of `learning_rate`.")
+    clipnorm = _inner_attribute("clipnorm", "Per-variable norm clip, applied after AGC.")
+    global_clipnorm = _inner_attribute("global_clipnorm", "Global norm clip, after AGC.")
+    clipvalue = _inner_attribute("clipvalue", "Per-element value clip, applied after AGC.")
+    weight_decay = _inner_attribute("weight_decay", "The inner optimizer's weight decay.")
+    use_ema = _inner_attribute("use_ema", "Whether the inner optimizer keeps an EMA.")
+    ema_momentum = _inner_attribute("ema_momentum", "The EMA's momentum.")
+    ema_overwrite_frequency = _inner_attribute(
+        "ema_overwrite_frequency", "How often the EMA overwrites the weights."
+    )
+    jit_compile = _inner_attribute("jit_compile", "Whether the inner update is XLA-compiled.")
 
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self._optimizer.learning_rate = learning_rate
-
-    @property
-    def lr(self):
-        return self._optimizer.learning_rate
-
-    @lr.setter
-    def lr(self, learning_rate):
-        self._optimizer.learning_rate = learning_rate
-
-    @property
-    def use_ema(self):
-        return self._optimizer.use_ema
-
-    @use_ema.setter
-    def use_ema(self, use_ema):
-        self._optimizer.use_ema = use_ema
-
-    @property
-    def ema_momentum(self):
-        return self._optimizer.ema_momentum
-
-    @ema_momentum.setter
-    def ema_momentum(self, ema_momentum):
-        self._optimizer.ema_momentum = ema_momentum
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """The inner optimizer's `exclude_from_weight_decay` (AGC has no decay of its own)."""
+        self._optimizer.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
 
     def finalize_variable_values(self, var_list):
         self._optimizer.finalize_variable_values(var_list)
@@ -311,8 +365,11 @@ class AdaptiveGradientClipping(
         config = dict(config)
         inner = config.pop("inner_optimizer")
         if not isinstance(inner, tf.keras.optimizers.Optimizer):
+            # A copy: Keras' `Optimizer.from_config` replaces the schedule in its argument.
             inner = tf.keras.optimizers.deserialize(
-                inner, custom_objects=custom_objects, use_legacy_optimizer=False
+                copy.deepcopy(inner),
+                custom_objects=_with_registered_classes(inner, custom_objects),
+                use_legacy_optimizer=False,
             )
         return cls(inner, **config)
 
@@ -440,3 +497,10 @@ class TorchAdam(tf.keras.optimizers.Adam):
         config.pop("adaptive_epsilon", None)
         config["exclude_from_weight_decay"] = list(self._exclude_from_weight_decay_names)
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # A registered schedule (such as the recipe's) must load from h5 files too.
+        return super().from_config(
+            dict(config), custom_objects=_with_registered_classes(config, custom_objects)
+        )

@@ -12,7 +12,7 @@ pytest.importorskip("larq_compute_engine")
 
 def small_model() -> tf.keras.Model:
     inputs = tf.keras.Input((16, 16, 3))
-    x = larq_nobn.ScaledWSConv2D(32, 3, padding="same", name="stem")(inputs)
+    x = larq_nobn.ScaledWSConv2D(32, 3, padding="same", use_bias=False, name="stem")(inputs)
     x = larq_nobn.LearnableBias(name="shift")(x)
     x = larq_nobn.ScaledWSQuantConv2D(
         32,

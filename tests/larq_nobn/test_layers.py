@@ -216,7 +216,7 @@ def test_defaults_and_gain_weight():
     assert any(w is layer.gain for w in layer.trainable_weights)
     assert isinstance(layer.kernel_quantizer, MagnitudeAwareSteSign)
     fp = ScaledWSConv2D(4, 3)
-    assert fp.use_bias is False
+    assert fp.use_bias is True  # Conv2D's default (and torch's)
     assert fp.kernel_quantizer is None and fp.input_quantizer is None
 
 
@@ -356,23 +356,21 @@ def test_scaled_ws_conv2d_rejects_quantizers(argument, value):
         ScaledWSConv2D(4, 3, **{argument: value})
 
 
-def test_rejects_unsupported_options():
+def test_rejects_invalid_options():
     with pytest.raises(ValueError):
         ScaledWSQuantConv2D(4, 3, eps=-1.0)
     for scale in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="kernel_scale"):
             ScaledWSQuantConv2D(4, 3, kernel_scale=scale)
-    with pytest.raises(ValueError):
-        ScaledWSQuantConv2D(4, 3, data_format="channels_first")
-    with pytest.raises(ValueError):
-        ScaledWSQuantConv2D(4, 3, groups=2)
+    with pytest.raises(ValueError, match="gamma"):
+        ScaledWSQuantConv2D(4, 3, gamma=0.0)
 
 
 def test_model_summary_counts_binary_and_fp_weights():
     model = tf.keras.Sequential(
         [
             tf.keras.Input((8, 8, 3)),
-            ScaledWSConv2D(4, 3, padding="same", name="fp_ws"),
+            ScaledWSConv2D(4, 3, padding="same", use_bias=False, name="fp_ws"),
             ScaledWSQuantConv2D(
                 5,
                 3,

@@ -30,6 +30,7 @@ from larq_nobn.train.config import Config
 from tests.train.program import run_main, snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROGRAM = os.path.join("train", "main.py")
 MODEL = ["--model=reactnet18_nobn", "--stem=cifar", "--image_size=8"]
 # A few optimizer steps on a fixed subset of the digits, fully reproducible.
 TINY = [*MODEL, "--dataset=digits", "--stages=1", "--train_subset=64", "--batch_size=16"]
@@ -98,11 +99,12 @@ def program_env(**extra: str) -> dict:
     return env
 
 
-def start_program(args, log_path, **env) -> subprocess.Popen:
-    """`python train/main.py args` in the background, stdout and stderr into `log_path`."""
+def start_program(args, log_path, script=PROGRAM, **env) -> subprocess.Popen:
+    """`python script args` (by default the training program) in the background, from the
+    repository's root, stdout and stderr into `log_path`."""
     log = open(log_path, "w")
     return subprocess.Popen(
-        [sys.executable, os.path.join("train", "main.py"), *args],
+        [sys.executable, script, *args],
         cwd=REPO,
         env=program_env(**env),
         stdout=log,
@@ -533,9 +535,10 @@ def test_a_resumed_run_sees_the_data_of_an_uninterrupted_one():
 # ----------------------------------------------------------------------------- 2. workers
 
 
-def start_cluster(tmp_path, args_per_worker: list[list[str]], tag: str) -> list:
-    """One `train/main.py` process per worker of a fresh 127.0.0.1 cluster, each with its
-    own TF_CONFIG and TMPDIR (where a non-chief's scratch goes); logs `{tag}{index}.log`."""
+def start_cluster(tmp_path, args_per_worker: list[list[str]], tag: str, script=PROGRAM) -> list:
+    """One `script` (by default `train/main.py`) process per worker of a fresh 127.0.0.1
+    cluster, each with its own TF_CONFIG and TMPDIR (where a non-chief's scratch goes);
+    logs `{tag}{index}.log`."""
     ports = free_ports(len(args_per_worker))
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers = []
@@ -546,7 +549,7 @@ def start_cluster(tmp_path, args_per_worker: list[list[str]], tag: str) -> list:
             {"cluster": cluster, "task": {"type": "worker", "index": index}}
         )
         log = tmp_path / f"{tag}{index}.log"
-        workers.append(start_program(args, log, TF_CONFIG=tf_config_value, TMPDIR=str(tmp)))
+        workers.append(start_program(args, log, script, TF_CONFIG=tf_config_value, TMPDIR=str(tmp)))
     return workers
 
 

@@ -57,7 +57,11 @@ class LinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
 
 
 def optimizer(
-    learning_rate: float, total_steps: int, agc_clip: float, weight_decay: float = 0.0
+    learning_rate: float,
+    total_steps: int,
+    agc_clip: float,
+    weight_decay: float = 0.0,
+    fused: bool = True,
 ) -> tf.keras.optimizers.Optimizer:
     """The reference's optimizer step for the zoo models.
 

@@ -58,10 +58,11 @@ def _update_error(got, expected, start):
     return float(np.sqrt(num / den))
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("amsgrad", [False, True])
-def test_matches_torch_adam_with_small_gradients(amsgrad):
+def test_matches_torch_adam_with_small_gradients(amsgrad, fused):
     params, grads = _problem()
-    got = _run(TorchAdam(1e-3, amsgrad=amsgrad), params, grads)
+    got = _run(TorchAdam(1e-3, amsgrad=amsgrad, fused=fused), params, grads)
     expected = _np_torch_adam(params, grads, 1e-3, amsgrad=amsgrad)
     assert _update_error(got, expected, params) < 1e-4  # float32 rounding of W + dW
     # Keras' Adam adds epsilon before the bias correction: off by far more here.
@@ -69,9 +70,12 @@ def test_matches_torch_adam_with_small_gradients(amsgrad):
     assert _update_error(keras, expected, params) > 1e-2
 
 
-def test_coupled_weight_decay_on_the_selected_variables():
+@pytest.mark.parametrize("fused", [False, True])
+def test_coupled_weight_decay_on_the_selected_variables(fused):
     params, grads = _problem(1, scale=1e-3)
-    optimizer = TorchAdam(1e-3, weight_decay=1e-2, exclude_from_weight_decay=[r"/alpha:"])
+    optimizer = TorchAdam(
+        1e-3, weight_decay=1e-2, exclude_from_weight_decay=[r"/alpha:"], fused=fused
+    )
     got = _run(optimizer, params, grads)
     expected = _np_torch_adam(params, grads, 1e-3, 1e-2, decayed=("conv/kernel", "conv/gain"))
     assert _update_error(got, expected, params) < 1e-4  # float32 rounding of W + dW
@@ -166,6 +170,18 @@ def test_mirrored_two_replicas_match_one_device():
     for variable in two.weights:
         first, second = (copy.numpy() for copy in variable.values)
         np.testing.assert_array_equal(first, second, err_msg=variable.name)
+
+
+def test_fused_is_torchs_update_to_float32_rounding():
+    """The fused kernel's update differs from torch's op order by rounding only."""
+    params, grads = _problem(4, scale=1e-3)
+    unfused = _run(TorchAdam(1e-3, weight_decay=1e-2), params, grads)
+    fused = _run(TorchAdam(1e-3, weight_decay=1e-2, fused=True), params, grads)
+    for k in params:
+        update = np.abs(unfused[k] - params[k]).max()
+        np.testing.assert_allclose(fused[k], unfused[k], rtol=0, atol=1e-5 * update)
+    assert TorchAdam(fused=True).get_config()["fused"] is True
+    assert TorchAdam.from_config(TorchAdam(fused=True).get_config()).fused
 
 
 def test_jit_compile_matches():

@@ -208,7 +208,13 @@ def model_name(backbone: str, norm: str) -> str:
 
 
 def build_model(
-    name: str, *, stage: int, input_size: int, num_classes: int, stem: str = "imagenet"
+    name: str,
+    *,
+    stage: int,
+    input_size: int,
+    num_classes: int,
+    stem: str = "imagenet",
+    padding: str = "keras",
 ) -> tf.keras.Model:
     """A zoo model with seeded initialization (`stem` only applies to ReActNet-18)."""
     tf.keras.utils.set_random_seed(SEED)
@@ -218,6 +224,7 @@ def build_model(
         stage=stage,
         input_shape=(input_size, input_size, 3),
         num_classes=num_classes,
+        padding=padding,
         **kwargs,
     )
 

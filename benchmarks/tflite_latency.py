@@ -12,7 +12,12 @@ quantizer and kernel quantizer of precision 1) became `LceBconv2d` operators (go
 The default input is 224x224: at 32x32 ReActNet-A reaches 2x2 feature maps, where LCE has
 a known bug.
 
+`--compare padding` times one variant (`--norm`, default nobn) with the zoo's two
+paddings instead, `padding="torch"` (PyTorch's symmetric padding, for ported PyTorch
+weights) against `"keras"` (the default); reported torch/keras, with no goal.
+
     python benchmarks/tflite_latency.py --backbones reactnet18 --rounds 1 --runs 1
+    python benchmarks/tflite_latency.py --compare padding --norm bn
 """
 
 import common
@@ -39,15 +44,16 @@ def binary_weight_convs(model: tf.keras.Model) -> list[tf.keras.layers.Layer]:
     ]
 
 
-def export_model(name: str, args: argparse.Namespace) -> dict[str, object]:
+def export_model(name: str, args: argparse.Namespace, padding: str = "keras") -> dict:
     """The flatbuffer of a zoo model and what was converted to what."""
-    common.log(f"building and converting {name} {args.input_size}x{args.input_size}")
+    common.log(f"building and converting {name} {args.input_size}x{args.input_size} {padding}")
     model = common.build_model(
         name,
         stage=args.stage,
         input_size=args.input_size,
         num_classes=common.num_classes_for(args.input_size, args.num_classes),
         stem=args.stem,
+        padding=padding,
     )
     binary = binary_weight_convs(model)
     flatbuffer = export.convert(model)
@@ -96,7 +102,16 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10, help="inferences per round")
+    parser.add_argument(
+        "--compare", choices=("norm", "padding"), default="norm", help="bn vs nobn, or paddings"
+    )
+    parser.add_argument("--norm", choices=("bn", "nobn", "none"), default="nobn")
     args = parser.parse_args()
+    # What is timed against what: (contender names, baseline, challenger).
+    if args.compare == "norm":
+        contenders, baseline, challenger = common.NORMS, "bn", "nobn"
+    else:
+        contenders, baseline, challenger = ("keras", "torch"), "keras", "torch"
 
     print(common.machine_description())
     print(
@@ -107,10 +122,14 @@ def main() -> None:
     image = common.random_batch(args.input_size, 1, 10)[0]
     latency_rows, conversion_rows = [], []
     for backbone in args.backbones:
-        exported = {
-            norm: export_model(common.model_name(backbone, norm), args) for norm in common.NORMS
-        }
-        for norm, e in exported.items():
+        if args.compare == "norm":
+            exported = {
+                norm: export_model(common.model_name(backbone, norm), args) for norm in contenders
+            }
+        else:
+            name = common.model_name(backbone, args.norm)
+            exported = {padding: export_model(name, args, padding) for padding in contenders}
+        for contender, e in exported.items():
             # Binary convolutions: binary inputs and binary weights, what LceBconv2d runs. A
             # binary-weight convolution of real inputs (ReActNet-18's downsample 1x1s) stays
             # a float CONV_2D in any engine; the table lists those separately.
@@ -118,7 +137,9 @@ def main() -> None:
             converted = e["bconv"] / binary_convs if binary_convs else 0
             conversion_rows.append(
                 [
-                    common.model_name(backbone, norm),
+                    common.model_name(backbone, contender)
+                    if args.compare == "norm"
+                    else f"{common.model_name(backbone, args.norm)} {contender}",
                     e["bconv"],
                     e["binary_weight_convs"] - e["real_input"],
                     e["real_input"],
@@ -128,25 +149,31 @@ def main() -> None:
                 ]
             )
         common.log(f"timing {backbone}")
-        ms = latencies({norm: e["flatbuffer"] for norm, e in exported.items()}, image, args)
+        ms = latencies({c: e["flatbuffer"] for c, e in exported.items()}, image, args)
         del exported
         for threads in args.threads:
-            ratio = ms["nobn", threads] / ms["bn", threads]
+            ratio = ms[challenger, threads] / ms[baseline, threads]
+            verdict = (
+                common.verdict(ratio, LATENCY_GOAL, at_least=False)
+                if args.compare == "norm"
+                else ["-", "-"]
+            )
             latency_rows.append(
                 [
-                    backbone,
+                    backbone if args.compare == "norm" else f"{backbone}_{args.norm}",
                     f"{args.input_size}x{args.input_size}",
                     threads,
-                    f"{ms['bn', threads]:.1f}",
-                    f"{ms['nobn', threads]:.1f}",
+                    f"{ms[baseline, threads]:.1f}",
+                    f"{ms[challenger, threads]:.1f}",
                     f"{ratio:.3f}",
-                    *common.verdict(ratio, LATENCY_GOAL, at_least=False),
+                    *verdict,
                 ]
             )
             common.log(f"  {latency_rows[-1]}")
     print("\nBatch-1 latency (ms per image)")
     common.print_table(
-        ["backbone", "input", "threads", "bn ms", "nobn ms", "nobn/bn", "goal", "met"],
+        ["model", "input", "threads", f"{baseline} ms", f"{challenger} ms"]
+        + [f"{challenger}/{baseline}", "goal", "met"],
         latency_rows,
     )
     print(

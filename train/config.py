@@ -5,6 +5,7 @@ import os
 
 from larq_nobn import zoo
 from larq_nobn.train import data, recipe, teachers
+from larq_nobn.zoo import torch_weights
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 MIXED_PRECISION = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -165,6 +166,9 @@ class Config:
         kwargs = {}
         if not self.is_application and zoo.backbone(self.model) == "reactnet18":
             kwargs["stem"] = self.stem
+        if not self.is_application and torch_weights.is_torch_file(self.init_from):
+            # PyTorch weights (the reference's, ReActNet's) need PyTorch's padding.
+            kwargs["padding"] = "torch"
         return kwargs
 
 

@@ -64,7 +64,10 @@ flags.DEFINE_string(
     f"application with ImageNet weights: {', '.join(teachers.APPLICATION_NAMES)}",
 )
 flags.DEFINE_string(
-    "init_from", None, "weights to start the first stage from; `imagenet` for an application"
+    "init_from",
+    None,
+    "weights to start the first stage from (.keras, .weights.h5, a TF checkpoint, or a PyTorch "
+    "checkpoint .pth/.pth.tar/.pt of the reference or ReActNet); `imagenet` for an application",
 )
 flags.DEFINE_integer("seed", 0, "seed of initialization, shuffling and augmentation")
 flags.DEFINE_integer("train_subset", None, "train on the first N examples only")

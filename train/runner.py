@@ -14,6 +14,7 @@ import tensorflow as tf
 from larq_nobn import zoo
 from larq_nobn.train import data, outputs, recipe, teachers
 from larq_nobn.train.config import IMAGENET, Config, ConfigError
+from larq_nobn.zoo import torch_weights
 
 
 class TrainingError(RuntimeError):
@@ -64,13 +65,17 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 def _read_weights(donor: tf.keras.Model, path: str, what: str) -> list:
     """The model weights saved at `path`, checked against `donor`'s architecture.
 
-    `path` is a `.keras` model, a `.weights.h5` file or a TF checkpoint; the others are read
-    into `donor`, an uncompiled model of the same architecture: weights files of compiled
-    models also hold optimizer state (iterations, slots), which must not leak into the new
-    run's optimizer. Raises ConfigError saying why the weights do not fit.
+    `path` is a `.keras` model, a `.weights.h5` file, a TF checkpoint or a PyTorch
+    checkpoint of the reference or of ReActNet (`.pth`, `.pth.tar`, `.pt`, mapped by
+    `zoo.torch_weights`); the others are read into `donor`, an uncompiled model of the same
+    architecture: weights files of compiled models also hold optimizer state (iterations,
+    slots), which must not leak into the new run's optimizer. Raises ConfigError saying
+    why the weights do not fit.
     """
     try:
-        if path.endswith(".keras"):
+        if torch_weights.is_torch_file(path):
+            weights = torch_weights.load_torch_weights(donor, path).get_weights()
+        elif path.endswith(".keras"):
             saved = tf.keras.models.load_model(
                 path, custom_objects=dict(teachers.CUSTOM_OBJECTS), compile=False
             )
@@ -85,8 +90,8 @@ def _read_weights(donor: tf.keras.Model, path: str, what: str) -> list:
         if [w.shape for w in weights] != [w.shape for w in donor.weights]:
             raise ValueError("its weights have other shapes")
         return weights
-    except (ValueError, AssertionError, tf.errors.OpError, OSError) as error:
-        reason = str(error).strip().splitlines()[0][:200]
+    except (ValueError, AssertionError, tf.errors.OpError, OSError, ImportError) as error:
+        reason = str(error).strip().splitlines()[0][:300]
         raise ConfigError(f"{what} {path} does not fit --model {donor.name}: {reason}") from None
 
 

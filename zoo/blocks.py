@@ -12,9 +12,11 @@ import tensorflow as tf
 from larq_zoo.core import utils as zoo_utils
 
 import larq_nobn
+from larq_nobn.zoo import torch_weights
 
 NORMS = ("bn", "nobn", "none")
 STAGES = (1, 2)
+PADDINGS = ("keras", "torch")
 
 # The reference's defaults (VITA-Group/BNN_NoBN, models/*.py and layers.py).
 DEFAULT_ALPHA = 0.2
@@ -41,10 +43,13 @@ class Variant:
 
     norm: str
     stage: int
+    padding: str = "keras"
 
     def __post_init__(self):
         if self.norm not in NORMS:
             raise ValueError(f"`norm` must be one of {NORMS}, got {self.norm!r}.")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"`padding` must be one of {PADDINGS}, got {self.padding!r}.")
         if self.stage not in STAGES:
             raise ValueError(
                 f"`stage` must be 1 (binary activations) or 2 (binary weights too), "
@@ -77,11 +82,28 @@ class Variant:
         `binary_weight` says whether the reference binarizes this convolution's weights in
         stage 2; in stage 1 every weight is real. `kernel_scale` (BN-free variant only)
         scales the outputs through the kernel.
+
+        With `padding="torch"` a strided convolution is padded as PyTorch pads it,
+        `kernel_size // 2` zeros on every side (Keras' "same" pads 0 before and 1 after on
+        even inputs). A real input is padded explicitly (`{name}_pad`, then "valid"). A
+        binary input must be padded after its sign, which larq does inside the layer for
+        "same" only, and an explicit pad between the sign and the convolution would keep
+        larq-compute-engine from converting it to `LceBconv2d`: the convolution runs with
+        stride 1 and "same" padding (symmetric for odd kernels), and `{name}_subsample`
+        keeps every second row and column, which for even inputs are exactly the
+        reference's strided outputs (at 4x the convolution's cost).
         """
         binary_weight = binary_weight and self.binary_weights
+        conv_padding, subsample = "same", None
+        if self.padding == "torch" and strides > 1 and kernel_size > 1:
+            if binary_input:
+                strides, subsample = 1, strides
+            else:
+                x = tf.keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+                conv_padding = "valid"
         kwargs = dict(
             strides=strides,
-            padding="same",
+            padding=conv_padding,
             use_bias=False,
             input_quantizer=ACTIVATION_QUANTIZER if binary_input else None,
             kernel_quantizer=WEIGHT_QUANTIZER if binary_weight else None,
@@ -100,6 +122,8 @@ class Variant:
             # No kernel constraint, as in the reference: keep larq from warning about it.
             with larq_nobn.layers.silence_starved_weights_warning():
                 x = larq_nobn.conv.QuantConv2D(filters, kernel_size, **kwargs)(x)
+        if subsample:
+            x = subsample2d(x, subsample, f"{name}_subsample")
         if self.norm == "bn":
             x = tf.keras.layers.BatchNormalization(
                 momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn"
@@ -132,6 +156,15 @@ class Variant:
             kernel_scale=alpha if self.scaled else 1.0,
         )
 
+    def max_pool(self, x: tf.Tensor, name: str) -> tf.Tensor:
+        """The 3x3/2 max-pool of an ImageNet stem; with `padding="torch"` padded by one
+        (ignored) pixel on every side as in PyTorch, i.e. pooled with stride 1 and "same"
+        padding, then subsampled."""
+        if self.padding == "keras":
+            return tf.keras.layers.MaxPool2D(3, 2, padding="same", name=name)(x)
+        x = tf.keras.layers.MaxPool2D(3, 1, padding="same", name=name)(x)
+        return subsample2d(x, 2, f"{name}_subsample")
+
     def beta(self, x: tf.Tensor, beta: float, name: str) -> tf.Tensor:
         """A block input scaled by beta (BN-free variant only)."""
         return scale(x, beta, name) if self.scaled else x
@@ -142,6 +175,12 @@ def scale(x: tf.Tensor, factor: float, name: str) -> tf.Tensor:
     if factor == 1.0:
         return x
     return tf.keras.layers.Rescaling(factor, name=name)(x)
+
+
+def subsample2d(x: tf.Tensor, strides: int, name: str) -> tf.Tensor:
+    """Every `strides`-th row and column, starting with the first (`x[:, ::s, ::s]`), as a
+    1x1 pooling: a built-in layer that saves, loads and converts like any other."""
+    return tf.keras.layers.AveragePooling2D(1, strides, name=name)(x)
 
 
 def shift(x: tf.Tensor, name: str) -> tf.Tensor:
@@ -173,12 +212,20 @@ def classifier(x: tf.Tensor, num_classes: int) -> tf.Tensor:
     )(x)
 
 
+def resolve_padding(padding: str | None, weights: str | None) -> str:
+    """`padding`, or by default "torch" for PyTorch weights and "keras" otherwise."""
+    if padding is not None:
+        return padding
+    return "torch" if torch_weights.is_torch_file(weights) else "keras"
+
+
 def model_inputs(input_shape, input_tensor, weights, include_top, num_classes, size: int):
     """larq-zoo's input handling; `weights` is None or a path (no pretrained downloads)."""
     if weights == "imagenet":
         raise ValueError(
-            "No pretrained weights are published for these models yet: "
-            "pass `weights=None` or the path of a weights file."
+            "No pretrained weights are published in Keras format: pass `weights=None`, "
+            "the path of a weights file, or a PyTorch checkpoint of the reference "
+            "(see `zoo.from_torch`)."
         )
     if input_shape is None and input_tensor is None:
         input_shape = (size, size, 3)
@@ -197,10 +244,14 @@ def check_divisible(inputs: tf.Tensor, factor: int, model: str) -> None:
 
 
 def finish(inputs, outputs, input_tensor, weights, name: str) -> tf.keras.Model:
-    """The `tf.keras.Model`, with `weights` (a path) loaded if given."""
+    """The `tf.keras.Model`, with `weights` (a path) loaded if given: a PyTorch checkpoint
+    (`.pth`, `.pth.tar`, `.pt`) through `torch_weights.load_torch_weights`, anything else
+    with `model.load_weights`."""
     if input_tensor is not None:
         inputs = tf.keras.utils.get_source_inputs(input_tensor)
     model = tf.keras.Model(inputs=inputs, outputs=outputs, name=name)
-    if weights is not None:
+    if torch_weights.is_torch_file(weights):
+        torch_weights.load_torch_weights(model, weights)
+    elif weights is not None:
         model.load_weights(weights)
     return model

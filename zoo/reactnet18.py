@@ -44,7 +44,9 @@ def block_specs(alpha: float = blocks.DEFAULT_ALPHA) -> list[BlockSpec]:
     return specs
 
 
-def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str):
+def _block(
+    x, spec: BlockSpec, variant: blocks.Variant, alpha: float, binary_downsample: bool, name: str
+):
     x_in = variant.beta(x, spec.beta, f"{name}_beta")
     branch = variant.binary_conv(
         blocks.shift(x_in, f"{name}_bias"),
@@ -62,7 +64,7 @@ def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str)
             spec.out_channels,
             1,
             binary_input=False,
-            binary_weight=True,
+            binary_weight=binary_downsample,
             name=f"{name}_downsample",
         )
     x = tf.keras.layers.Add(name=f"{name}_add")([shortcut, branch])
@@ -74,7 +76,7 @@ def _stem(x, variant: blocks.Variant, stem: str):
         x = variant.conv(
             x, 64, 7, strides=2, binary_input=False, binary_weight=False, name="conv_first"
         )
-        return tf.keras.layers.MaxPool2D(3, 2, padding="same", name="pool_first")(x)
+        return variant.max_pool(x, name="pool_first")
     return variant.conv(x, 64, 3, binary_input=False, binary_weight=False, name="conv_first")
 
 
@@ -89,6 +91,8 @@ def ReActNet18(
     include_top: bool = True,
     num_classes: int = 1000,
     weights: str | None = None,
+    padding: str | None = None,
+    binary_downsample: bool = True,
     name: str | None = None,
 ) -> tf.keras.Model:
     """ReActNet-18 (Bi-Real-Net-18 with RPReLU), as trained in "BNN - BN = ?".
@@ -105,7 +109,17 @@ def ReActNet18(
         input_tensor: optional Keras tensor to use as the model input.
         include_top: whether to include the pooling and the final dense layer.
         num_classes: number of classes of the final dense layer.
-        weights: None (random initialization) or the path of a weights file.
+        weights: None (random initialization), the path of a Keras weights file, or of a
+            PyTorch checkpoint (`.pth`, `.pth.tar`, `.pt`) of the reference's or ReActNet's
+            model of this variant (see `zoo.from_torch`; needs the `torch` extra).
+        padding: how the strided convolutions and the stem's max-pool pad: "keras"
+            (`padding="same"`, 0 before and 1 after on even inputs) or "torch"
+            (symmetric, as PyTorch and the reference: exact outputs for ported weights).
+            By default "torch" if `weights` is a PyTorch file, "keras" otherwise. Both have
+            the same variables.
+        binary_downsample: whether stage 2 binarizes the weights of the 1x1 downsample
+            convolutions, as the reference does; ReActNet's own ReAct-ResNet-18
+            (liuzechun/ReActNet, `resnet/`) keeps them real: `False`.
         name: the model's name, `reactnet18_{norm}` by default.
 
     Returns:
@@ -116,14 +130,14 @@ def ReActNet18(
         - [ReActNet](https://arxiv.org/abs/2003.03488)
         - [BNN - BN = ?](https://arxiv.org/abs/2104.08215)
     """
-    variant = blocks.Variant(norm, stage)
+    variant = blocks.Variant(norm, stage, blocks.resolve_padding(padding, weights))
     if stem not in STEMS:
         raise ValueError(f"`stem` must be one of {STEMS}, got {stem!r}.")
     inputs = blocks.model_inputs(input_shape, input_tensor, weights, include_top, num_classes, 224)
     blocks.check_divisible(inputs, 32 if stem == "imagenet" else 8, "ReActNet-18")
     x = _stem(inputs, variant, stem)
     for i, spec in enumerate(block_specs(alpha)):
-        x = _block(x, spec, variant, alpha, name=f"block{i + 1}")
+        x = _block(x, spec, variant, alpha, binary_downsample, name=f"block{i + 1}")
     if include_top:
         x = blocks.classifier(x, num_classes)
     return blocks.finish(inputs, x, input_tensor, weights, name or f"reactnet18_{norm}")

@@ -100,6 +100,7 @@ def ReActNetA(
     include_top: bool = True,
     num_classes: int = 1000,
     weights: str | None = None,
+    padding: str | None = None,
     name: str | None = None,
 ) -> tf.keras.Model:
     """ReActNet-A, as trained in "BNN - BN = ?".
@@ -115,7 +116,13 @@ def ReActNetA(
         input_tensor: optional Keras tensor to use as the model input.
         include_top: whether to include the pooling and the final dense layer.
         num_classes: number of classes of the final dense layer.
-        weights: None (random initialization) or the path of a weights file.
+        weights: None (random initialization), the path of a Keras weights file, or of a
+            PyTorch checkpoint (`.pth`, `.pth.tar`, `.pt`) of the reference's or ReActNet's
+            model of this variant (see `zoo.from_torch`; needs the `torch` extra).
+        padding: how the strided convolutions pad: "keras" (`padding="same"`, 0 before and
+            1 after on even inputs) or "torch" (symmetric, as PyTorch and the reference:
+            exact outputs for ported weights). By default "torch" if `weights` is a
+            PyTorch file, "keras" otherwise. Both have the same variables.
         name: the model's name, `reactnet_a_{norm}` by default.
 
     Returns:
@@ -125,7 +132,7 @@ def ReActNetA(
         - [ReActNet](https://arxiv.org/abs/2003.03488)
         - [BNN - BN = ?](https://arxiv.org/abs/2104.08215)
     """
-    variant = blocks.Variant(norm, stage)
+    variant = blocks.Variant(norm, stage, blocks.resolve_padding(padding, weights))
     inputs = blocks.model_inputs(input_shape, input_tensor, weights, include_top, num_classes, 224)
     blocks.check_divisible(inputs, 32, "ReActNet-A")
     x = variant.conv(

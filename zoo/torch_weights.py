@@ -1,0 +1,316 @@
+"""PyTorch checkpoints of the reference (VITA-Group/BNN_NoBN) and of ReActNet, in the zoo.
+
+The reference's models (`models/Qa*_reactnet_{A,18}_{bn,bf,none}.py`) and ReActNet's
+(liuzechun/ReActNet, `mobilenet/` and `resnet/`) save `torch.save({"state_dict":
+model.state_dict(), ...})` of a `DataParallel` model: keys such as
+`module.feature.3.binary_3x3.weight`. Every tensor is mapped to a zoo layer by its module
+path and role (never by position), with the layouts converted:
+
+- conv `weight` (O, I, kh, kw), or ReActNet-A's binary `weights` (O * I * kh * kw, 1):
+  `kernel` (kh, kw, I, O);
+- scaled-WS `gain` (O, 1, 1, 1): `gain` (O,);
+- `LearnableBias.bias` (1, C, 1, 1): `LearnableBias` `bias` (C,);
+- `nn.PReLU.weight` (C,): `PReLU` `alpha` (1, 1, C);
+- `BatchNorm2d` weight, bias, running_mean, running_var: gamma, beta, moving_mean,
+  moving_variance (`num_batches_tracked` is not used);
+- `nn.Linear` `fc` weight (out, in) and bias: `fc` kernel (in, out) and bias.
+
+```python
+from larq_nobn import zoo
+model = zoo.from_torch("checkpoint.pth.tar")  # variant and classes read from the file
+model = zoo.ReActNetA(norm="bn", stage=2, weights="checkpoint.pth.tar")
+```
+
+Reading the file needs torch (`pip install 'larq-nobn[torch]'`).
+"""
+
+import os
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt")
+
+_BN_ROLES = {
+    "gamma": "weight",
+    "beta": "bias",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
+# Buffers the zoo has no use for (BatchNorm2d's step counter).
+_IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
+
+
+class TorchWeightsError(ValueError):
+    """A PyTorch checkpoint that does not fit the model: one line saying which tensor."""
+
+
+def is_torch_file(path) -> bool:
+    """Whether `path` names a PyTorch checkpoint (`.pth`, `.pth.tar` or `.pt`)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    return os.fspath(path).lower().endswith(TORCH_SUFFIXES)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "Reading PyTorch checkpoints needs torch: pip install 'larq-nobn[torch]'"
+        ) from error
+    return torch
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch checkpoint as float32 NumPy arrays, by parameter name.
+
+    Accepts what the reference and ReActNet save: a bare `state_dict`, or a dict with a
+    `state_dict` entry (next to `epoch`, `optimizer`, ...); keys with or without
+    `DataParallel`'s `module.` prefix. Read with `torch.load(weights_only=True)`: no code
+    in the file runs.
+
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        A dict from parameter name (without `module.`) to array, BN step counters dropped.
+
+    Raises:
+        ImportError: torch is not installed.
+        TorchWeightsError: the file holds no state dict.
+    """
+    torch = _torch()
+    checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
+        checkpoint = checkpoint["state_dict"]
+    if not isinstance(checkpoint, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in checkpoint.values()
+    ):
+        raise TorchWeightsError(
+            f"{path} holds no state dict (neither a dict of tensors nor a dict with a "
+            "'state_dict' entry)"
+        )
+    state = {}
+    for key, tensor in checkpoint.items():
+        name = key[len("module.") :] if key.startswith("module.") else key
+        if not _IGNORED.search(name):
+            state[name] = tensor.detach().to(torch.float32).numpy()
+    return state
+
+
+def backbone_of(model: tf.keras.Model) -> str:
+    """ "reactnet_a" or "reactnet18", from the zoo's layer names."""
+    names = {layer.name for layer in model.layers}
+    if "block1_bias1" in names:
+        return "reactnet_a"
+    if "block1_bias" in names:
+        return "reactnet18"
+    raise TorchWeightsError(f"{model.name} is neither a zoo ReActNet-A nor a ReActNet-18")
+
+
+def _reactnet_a_module(layer: str) -> str | None:
+    """The reference's module path of a ReActNet-A zoo layer (`models/*_reactnet_A_*.py`)."""
+    fixed = {"conv_first": "feature.0.conv1", "conv_first_bn": "feature.0.bn1", "fc": "fc"}
+    if layer in fixed:
+        return fixed[layer]
+    match = re.fullmatch(r"block(\d+)_(\w+)", layer)
+    if match is None:
+        return None
+    block, part = match.groups()
+    modules = {
+        "bias1": "move11",
+        "conv3x3": "binary_3x3",
+        "conv3x3_bn": "bn1",
+        "rprelu1_bias_in": "move12",
+        "rprelu1_prelu": "prelu1",
+        "rprelu1_bias_out": "move13",
+        "bias2": "move21",
+        "conv1x1": "binary_pw",
+        "conv1x1_bn": "bn2",
+        "conv1x1_1": "binary_pw_down1",
+        "conv1x1_1_bn": "bn2_1",
+        "conv1x1_2": "binary_pw_down2",
+        "conv1x1_2_bn": "bn2_2",
+        "rprelu2_bias_in": "move22",
+        "rprelu2_prelu": "prelu2",
+        "rprelu2_bias_out": "move23",
+    }
+    return f"feature.{block}.{modules[part]}" if part in modules else None
+
+
+def _reactnet18_module(layer: str) -> str | None:
+    """The reference's module path of a ReActNet-18 zoo layer (`models/*_reactnet_18_*.py`):
+    block n (1-based) is `layer{(n - 1) // 4 + 1}.{(n - 1) % 4}`."""
+    fixed = {"conv_first": "conv1", "conv_first_bn": "bn1", "fc": "fc"}
+    if layer in fixed:
+        return fixed[layer]
+    match = re.fullmatch(r"block(\d+)_(\w+)", layer)
+    if match is None:
+        return None
+    block, part = int(match.group(1)) - 1, match.group(2)
+    modules = {
+        "bias": "move0",
+        "conv3x3": "binary_conv",
+        "conv3x3_bn": "bn1",
+        "downsample": "downsample.1",
+        "downsample_bn": "downsample.2",
+        "rprelu_bias_in": "move1",
+        "rprelu_prelu": "prelu",
+        "rprelu_bias_out": "move2",
+    }
+    if part not in modules:
+        return None
+    return f"layer{block // 4 + 1}.{block % 4}.{modules[part]}"
+
+
+def _torch_parameter(layer: tf.keras.layers.Layer, role: str) -> str:
+    """The torch parameter name (within its module) of a Keras weight role of `layer`."""
+    if isinstance(layer, tf.keras.layers.BatchNormalization):
+        return _BN_ROLES[role]
+    if isinstance(layer, tf.keras.layers.PReLU):
+        return "weight"
+    return {"kernel": "weight", "gain": "gain", "bias": "bias"}[role]
+
+
+def _expected_torch_shape(layer, role: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape the reference stores a Keras weight of `shape` in."""
+    if role == "kernel" and len(shape) == 4:  # (kh, kw, in, out) -> (out, in, kh, kw)
+        return (shape[3], shape[2], shape[0], shape[1])
+    if role == "kernel":  # Dense (in, out) -> Linear (out, in)
+        return (shape[1], shape[0])
+    if role == "gain":
+        return (shape[0], 1, 1, 1)
+    if isinstance(layer, tf.keras.layers.PReLU):
+        return (shape[-1],)
+    if role == "bias" and not isinstance(layer, tf.keras.layers.Dense):  # LearnableBias
+        return (1, shape[0], 1, 1)
+    return shape
+
+
+def _to_keras(array: np.ndarray, role: str, shape: tuple[int, ...]) -> np.ndarray:
+    """`array`, in the reference's layout (already checked), in the Keras `shape`."""
+    if role == "kernel" and len(shape) == 4:
+        return np.transpose(array, (2, 3, 1, 0))
+    if role == "kernel":
+        return array.T
+    return array.reshape(shape)
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def load_state_dict(
+    model: tf.keras.Model, state_dict: Mapping[str, np.ndarray], source: str = "the state dict"
+) -> tf.keras.Model:
+    """Sets every weight of a zoo model from a reference `state_dict`, by name and role.
+
+    All tensors must be used and all weights set: a missing, an extra or a misshapen
+    tensor raises, naming it. A binary convolution's kernel may also come as ReActNet's
+    flat `weights` (O*I*kh*kw, 1).
+
+    Args:
+        model: a zoo ReActNet-A or ReActNet-18 (any variant and stage; with the top).
+        state_dict: parameter names (without `module.`) to arrays, as `read_state_dict`.
+        source: what to call the state dict in errors (e.g. its path).
+
+    Returns:
+        `model`, with its weights set.
+
+    Raises:
+        TorchWeightsError: one line naming the tensor that is missing, extra or of the
+            wrong shape.
+    """
+    module_of = {"reactnet_a": _reactnet_a_module, "reactnet18": _reactnet18_module}[
+        backbone_of(model)
+    ]
+    unused = dict(state_dict)
+    updates = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        module = module_of(layer.name)
+        if module is None:
+            raise TorchWeightsError(f"{model.name} layer {layer.name} has no reference module")
+        values = []
+        for weight in layer.weights:
+            role = weight.name.split("/")[-1].split(":")[0]
+            shape = tuple(weight.shape)
+            key = f"{module}.{_torch_parameter(layer, role)}"
+            expected = _expected_torch_shape(layer, role, shape)
+            array = unused.pop(key, None)
+            if array is None and role == "kernel" and f"{module}.weights" in unused:
+                key = f"{module}.weights"  # ReActNet-A's HardBinaryConv: flat (N, 1)
+                array = unused.pop(key)
+                if array.shape == (int(np.prod(expected)), 1):
+                    array = array.reshape(expected)
+            if array is None:
+                raise TorchWeightsError(
+                    f"{source} lacks tensor {key} of shape {_shape(expected)} "
+                    f"(for {model.name} layer {layer.name} {role}; "
+                    f"{len(state_dict) - len(unused)} of {len(state_dict)} tensors matched)"
+                )
+            if array.shape != expected:
+                raise TorchWeightsError(
+                    f"{source} tensor {key} has shape {_shape(array.shape)}, "
+                    f"{model.name} layer {layer.name} {role} needs {_shape(expected)}"
+                )
+            values.append(_to_keras(array, role, shape))
+        updates.append((layer, values))
+    if unused:
+        first = sorted(unused)[0]
+        more = f" and {len(unused) - 1} more" if len(unused) > 1 else ""
+        raise TorchWeightsError(
+            f"{source} has tensor {first}{more} that {model.name} has no weight for "
+            "(another variant, backbone or stem?)"
+        )
+    for layer, values in updates:
+        layer.set_weights(values)
+    return model
+
+
+def load_torch_weights(model: tf.keras.Model, path: str | os.PathLike) -> tf.keras.Model:
+    """Reads a PyTorch checkpoint (`read_state_dict`) into a zoo model (`load_state_dict`).
+
+    Args:
+        model: a zoo ReActNet-A or ReActNet-18 of the checkpoint's variant.
+        path: the checkpoint file.
+
+    Returns:
+        `model`, with its weights set.
+    """
+    return load_state_dict(model, read_state_dict(path), source=os.fspath(path))
+
+
+def describe(state_dict: Mapping[str, np.ndarray]) -> dict:
+    """The zoo model a reference state dict belongs to, read from its names and shapes.
+
+    Returns:
+        `{"model": registry name, "num_classes": ...}`, plus `"stem"` for ReActNet-18. The
+        stage cannot be read (both stages have the same tensors).
+
+    Raises:
+        TorchWeightsError: neither backbone's first convolution is in it.
+    """
+    if "feature.0.conv1.weight" in state_dict:
+        backbone, kwargs = "reactnet_a", {}
+    elif "conv1.weight" in state_dict:
+        kernel_size = state_dict["conv1.weight"].shape[-1]
+        backbone, kwargs = "reactnet18", {"stem": "imagenet" if kernel_size == 7 else "cifar"}
+    else:
+        raise TorchWeightsError(
+            "neither a ReActNet-A (feature.0.conv1.weight) nor a ReActNet-18 (conv1.weight) "
+            "state dict"
+        )
+    if any(key.endswith(".running_mean") for key in state_dict):
+        norm = "bn"
+    elif any(key.endswith(".gain") for key in state_dict):
+        norm = "nobn"
+    else:
+        norm = "none"
+    if "fc.weight" in state_dict:
+        kwargs["num_classes"] = int(state_dict["fc.weight"].shape[0])
+    return {"model": f"{backbone}_{norm}", **kwargs}

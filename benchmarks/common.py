@@ -256,13 +256,14 @@ class Trainer:
         jit_compile: bool = False,
         agc_clip: float = AGC_CLIP,
         stem: str = "imagenet",
+        fused: bool = True,
     ):
         self.name = name
         self.model = build_model(
             name, stage=stage, input_size=input_size, num_classes=num_classes, stem=stem
         )
         self.model.compile(
-            optimizer=recipe.optimizer(LEARNING_RATE, TOTAL_STEPS, agc_clip),
+            optimizer=recipe.optimizer(LEARNING_RATE, TOTAL_STEPS, agc_clip, fused=fused),
             loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile=jit_compile,
             steps_per_execution=1,

@@ -6,8 +6,9 @@ Two tables, each measured in alternating rounds in one process:
    forward convolution, and forward plus input and filter gradients with TensorFlow's
    `Conv2DBackpropInput` / `Conv2DBackpropFilter` against ours;
 2. per zoo model: the forward pass (training mode) and a training step with the paper's
-   optimizer, with TensorFlow's gradients and with ours (`set_conv_gradients`), their
-   ratio, images/s, and nobn/bn images/s.
+   optimizer, "before" (TensorFlow's convolution gradients, `TorchAdam(fused=False)`) and
+   "after" (this package's defaults: `set_conv_gradients("auto")`, the recipe's fused
+   Adam), their ratio, images/s, and nobn/bn images/s.
 
     python benchmarks/conv_gradients.py                       # both tables, 32:64 and 224:32
     python benchmarks/conv_gradients.py --tables shapes --configs 32:64
@@ -24,7 +25,8 @@ import tensorflow as tf
 
 import larq_nobn
 
-GRADIENTS = ("tensorflow", "forward")
+# (convolution gradients, fused Adam) before and after the forward-kernel gradients.
+SETUPS = {"before": ("tensorflow", False), "after": ("auto", True)}
 ZOO_NORMS = ("bn", "nobn", "none")
 
 
@@ -154,7 +156,7 @@ def models_table(args) -> None:
             for norm in ZOO_NORMS:
                 name = common.model_name(backbone, norm)
                 common.log(f"model {name} {size}:{batch}")
-                timers = {g: ModelTimer(name, size, batch, g, args) for g in GRADIENTS}
+                timers = {g: ModelTimer(name, size, batch, g, args) for g in SETUPS}
                 contenders = {}
                 for g, timer in timers.items():
                     contenders[f"{g} forward"] = timer.forward
@@ -163,7 +165,7 @@ def models_table(args) -> None:
                     k: common.median(v)
                     for k, v in common.alternate(contenders, args.rounds).items()
                 }
-                for g in GRADIENTS:
+                for g in SETUPS:
                     fwd, step = seconds[f"{g} forward"], seconds[f"{g} step"]
                     images_per_second[(backbone, norm, g)] = batch / step
                     rows.append(
@@ -180,7 +182,7 @@ def models_table(args) -> None:
                 del timers, contenders
                 common.release()
         for backbone in args.backbones:
-            for g in GRADIENTS:
+            for g in SETUPS:
                 ratio = (
                     images_per_second[(backbone, "nobn", g)]
                     / images_per_second[(backbone, "bn", g)]
@@ -190,7 +192,7 @@ def models_table(args) -> None:
                 )
     print("\nforward pass (training mode) and training step (paper's optimizer), ms median")
     common.print_table(
-        ("cell", "model", "gradients", "forward", "step", "step / fwd", "images/s"), rows
+        ("cell", "model", "setup", "forward", "step", "step / fwd", "images/s"), rows
     )
 
 

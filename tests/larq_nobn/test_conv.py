@@ -230,3 +230,26 @@ def test_zoo_model_gradients_equal_tensorflows(float64, name, stage):
     for variable, a, b in zip(model.trainable_variables, ours, theirs, strict=True):
         assert a.dtype == ("float32" if variable.name.startswith("fc/") else "float64")
         assert float(tf.reduce_max(tf.abs(a - b))) <= 1e-10 * scale, variable.name
+
+
+@pytest.mark.parametrize("fmt", ["keras", "tf"])
+def test_saved_model_loads_and_trains_the_same(forward_gradients, fmt, tmp_path):
+    inputs = tf.keras.Input((6, 6, 4))
+    x = larq_nobn.QuantConv2D(8, 3, strides=2, padding="same", name="q")(inputs)
+    x = larq_nobn.ScaledWSQuantConv2D(
+        8, 3, padding="same", input_quantizer="approx_sign", name="ws"
+    )(x)
+    outputs = tf.keras.layers.GlobalAveragePooling2D()(x)
+    model = tf.keras.Model(inputs, outputs)
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.1), loss="mse")
+    path = str(tmp_path / ("model.keras" if fmt == "keras" else "saved_model"))
+    model.save(path)
+    loaded = tf.keras.models.load_model(path)
+    assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
+    images, targets = random(4, 6, 6, 4), random(4, 8)
+    before = model.get_weights()
+    for m in (model, loaded):
+        m.train_on_batch(images, targets)
+    for a, b, start in zip(model.get_weights(), loaded.get_weights(), before, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        assert not np.array_equal(a, start)  # every weight trained

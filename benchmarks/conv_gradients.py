@@ -124,9 +124,10 @@ def shapes_table(args) -> None:
 
 
 class ModelTimer:
-    """A zoo model's forward pass and training step, built under one gradient mode."""
+    """A zoo model's forward pass and training step, built under one of `SETUPS`."""
 
-    def __init__(self, name: str, size: int, batch: int, gradients: str, args):
+    def __init__(self, name: str, size: int, batch: int, setup: str, args):
+        gradients, fused = SETUPS[setup]
         with larq_nobn.conv_gradients(gradients):
             self.trainer = common.Trainer(
                 name,
@@ -134,6 +135,7 @@ class ModelTimer:
                 input_size=size,
                 batch_size=batch,
                 num_classes=common.num_classes_for(size, None),
+                fused=fused,
             )
             images = tf.constant(self.trainer.batch[0])
             model = self.trainer.model

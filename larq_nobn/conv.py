@@ -227,12 +227,17 @@ def conv2d(
     inputs = tf.convert_to_tensor(inputs)
     kernel = tf.convert_to_tensor(kernel, dtype=inputs.dtype)
     sizes = inputs.shape[1:3]
+    if isinstance(padding, str):
+        # The forward op is the one Keras runs (explicit padding takes other CPU kernels,
+        # which round differently: enough to flip binary activations).
+        tf_padding = padding.upper()
+    else:
+        tf_padding = [(0, 0), *_spatial_padding(padding, None, None, None), (0, 0)]
+    if None in sizes or None in kernel.shape:
+        return tf.nn.conv2d(inputs, kernel, strides, tf_padding)
     pads = _spatial_padding(padding, sizes, kernel.shape[:2], strides)
-    # The forward op is the one Keras runs (a string padding stays a string: TensorFlow's
-    # CPU kernels for explicit padding round differently, which flips binary activations).
-    tf_padding = padding.upper() if isinstance(padding, str) else [(0, 0), *pads, (0, 0)]
     by_forward, by_patches = _gradient_plan(kernel.shape[2], kernel.shape[3])
-    if None in sizes or None in kernel.shape or not (by_forward or by_patches):
+    if not (by_forward or by_patches):
         return tf.nn.conv2d(inputs, kernel, strides, tf_padding)
     explicit = dict(
         strides=[1, *strides, 1],

@@ -28,7 +28,7 @@ def gradients(fn, x, w):
     with tf.GradientTape() as tape:
         tape.watch([x, w])
         y = fn(x, w)
-        positions = tf.cast(tf.reshape(tf.range(tf.size(y)), y.shape), "float32")
+        positions = tf.cast(tf.reshape(tf.range(tf.size(y)), tf.shape(y)), "float32")
         cotangent = tf.cast(tf.sin(positions), y.dtype)
         loss = tf.reduce_sum(y * cotangent)
     return [y, *tape.gradient(loss, [x, w])]
@@ -253,3 +253,17 @@ def test_saved_model_loads_and_trains_the_same(forward_gradients, fmt, tmp_path)
     for a, b, start in zip(model.get_weights(), loaded.get_weights(), before, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
         assert not np.array_equal(a, start)  # every weight trained
+
+
+def test_unknown_height_and_width_take_tensorflows_gradients(forward_gradients):
+    x, w = random(2, 5, 6, 4), random(3, 3, 4, 6)
+    spec = tf.TensorSpec([None, None, None, 4])
+    traced = tf.function(
+        lambda x: gradients(lambda x, w: larq_nobn.conv2d(x, w, 2, "SAME"), x, w),
+        input_signature=[spec],
+    )
+    theirs = gradients(lambda x, w: tf.nn.conv2d(x, w, 2, "SAME"), x, w)
+    for a, b in zip(traced(x), theirs, strict=True):
+        assert_relative(a, b, 1e-6)
+    ops = {op.type for op in traced.get_concrete_function().graph.get_operations()}
+    assert "Conv2DBackpropInput" in ops

@@ -206,9 +206,10 @@ MODELS = [
 def float64():
     # Batch norm over the two values of a 1x1 map amplifies float32 rounding in the
     # gradients by orders of magnitude; in float64 any real difference still shows.
-    tf.keras.backend.set_floatx("float64")
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("float64")
     yield
-    tf.keras.backend.set_floatx("float32")
+    tf.keras.mixed_precision.set_global_policy(previous)
 
 
 @pytest.mark.parametrize("name,stage", MODELS)

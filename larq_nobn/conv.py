@@ -11,18 +11,21 @@ one forward convolution:
   stride-s one splits into s x s such convolutions, one per phase of the input grid, each
   with the kernel taps that reach that phase (no zero-upsampling, so the cost stays that
   of one forward convolution), interleaved back into the input grid;
-- the filter gradient of a small map is one matmul of the input's patches with the
-  output gradient; on larger maps TensorFlow's own kernel is kept (it is fast there, and
-  the patches would cost k*k times the input's memory).
+- the filter gradient is one matmul of the input's patches with the output gradient.
+
+Which convolutions take these gradients is a rule on their channels (`_gradient_plan`),
+measured per convolution of the zoo by `benchmarks/conv_gradients.py`: below it,
+TensorFlow's kernels are as fast, and the patches would cost k*k times the input's memory
+for nothing.
 
 `conv2d` computes exactly what `tf.nn.conv2d` computes, forward and backward (to float32
 rounding). Every convolution layer of `larq_nobn`, and the `QuantConv2D` the zoo uses for
 its batch-norm and no-norm variants, calls it through `FastGradientConv`.
 
 Where it applies is a process-wide setting, read when a layer's call is traced:
-`set_conv_gradients("auto")` (the default: ours on CPU-only machines, TensorFlow's as soon
-as a GPU is visible), `"forward"` (ours everywhere) or `"tensorflow"` (TensorFlow's own
-kernels everywhere).
+`set_conv_gradients("auto")` (the default: the channel rule on CPU-only machines,
+TensorFlow's kernels as soon as a GPU is visible), `"forward"` (ours for every
+convolution) or `"tensorflow"` (TensorFlow's own kernels everywhere).
 """
 
 from __future__ import annotations

@@ -489,13 +489,13 @@ class TorchAdam(tf.keras.optimizers.Adam):
         step = tf.cast(self.iterations + 1, dtype)
         beta_1 = tf.cast(self.beta_1, dtype)
         beta_2 = tf.cast(self.beta_2, dtype)
+        beta_1_power, beta_2_power = tf.pow(beta_1, step), tf.pow(beta_2, step)
         index = self._index_dict[self._var_key(variable)]
         m, v = self._momentums[index], self._velocities[index]
 
         if self.decays(variable):
             gradient = gradient + tf.cast(self.weight_decay, dtype) * variable
         if self.fused and not self.amsgrad:
-            beta_1_power, beta_2_power = tf.pow(beta_1, step), tf.pow(beta_2, step)
             tf.raw_ops.ResourceApplyAdam(
                 var=variable.handle,
                 m=m.handle,
@@ -515,8 +515,8 @@ class TorchAdam(tf.keras.optimizers.Adam):
             v_hat = self._velocity_hats[index]
             v_hat.assign(tf.maximum(v_hat, v))
             v = v_hat
-        step_size = lr / (1 - tf.pow(beta_1, step))
-        denominator = tf.sqrt(v) / tf.sqrt(1 - tf.pow(beta_2, step)) + self.epsilon
+        step_size = lr / (1 - beta_1_power)
+        denominator = tf.sqrt(v) / tf.sqrt(1 - beta_2_power) + self.epsilon
         variable.assign_sub(m / denominator * step_size)
 
     def get_config(self):

@@ -1,23 +1,28 @@
-"""Signal propagation: per residual block, how large the signal is (NFNets' SPP statistics).
+r"""Signal propagation: per residual block, how large the signal is (NFNets' SPP statistics).
 
 ```python
-from larq_nobn import signal_propagation, zoo
-model = zoo.get_model("reactnet18_none", stage=1, stem="cifar", input_shape=(32, 32, 3))
-for block in signal_propagation(model, images, training=True):
+from larq_nobn import signal_propagation
+stats = signal_propagation(
+    model, images, block_outputs=r"(b\d)_add", residual_outputs=r"(b\d)_conv", training=True
+)
+for block in stats:
     print(block.name, block.squared_mean, block.variance, block.residual_variance)
 ```
-`larq_nobn.spp_plot` draws the statistics of several variants side by side.
+The caller names the layers; a `larq_nobn.zoo` model names its own
+(`zoo.signal_propagation_layers(model)`). `larq_nobn.spp_plot` draws the statistics of
+several variants side by side.
 """
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-#: A regex with at most one group, or an ordered list of layer names.
-BlockLayers = str | Sequence[str]
+#: A regex with at most one group, an ordered list of layer names, or an ordered mapping
+#: {block name: layer name}.
+BlockLayers = str | Sequence[str] | Mapping[str, str]
 #: A regex with at most one group, or an ordered list of layer names (or lists of names).
 ResidualLayers = str | Sequence[str | Sequence[str]]
 
@@ -66,53 +71,45 @@ def signal_propagation(
     output and residual-branch output. With `training=True` batch norm normalizes with the
     batch's statistics; its moving averages, which that call updates, are restored after.
 
-    Without patterns the model must be a `larq_nobn.zoo` model (any variant):
-    - ReActNet-18: one entry per block, `block1` ... `block16`. The block output is the
-      residual stream after the block (`blockN_rprelu_bias_out`); the residual branch is the
-      3x3 convolution added to the shortcut (`blockN_conv3x3`, or `blockN_conv3x3_bn` in
-      the bn variant), after alpha in the nobn variant.
-    - ReActNet-A: two entries per block, one per residual addition: `blockNa` (output
-      `blockN_rprelu1_bias_out`, branch `blockN_conv3x3[_bn]`) and `blockNb` (output
-      `blockN_rprelu2_bias_out`, branch `blockN_conv1x1[_bn]`, or the two halves
-      `blockN_conv1x1_1[_bn]` and `blockN_conv1x1_2[_bn]` taken as one branch of all their
-      channels, as the block concatenates them).
-
-    Other functional models name their layers. `block_outputs` is either a regex or an
-    ordered list of layer names. A regex is matched in full (`re.fullmatch`) against every
-    layer name in the order of `model.layers` (from the input to the output); every match is
-    one block, named after the regex's group if it has one, else after the layer. A list
-    names one layer per block, and the blocks take those names. `residual_outputs` is
-    either a regex, whose matches are grouped by the regex's group (by layer name if it has
-    none), or an ordered list whose entries are a layer name or a list of layer names; the
-    outputs of one group or entry are concatenated along the channels. The i-th residual
-    branch belongs to the i-th block.
+    The caller names the layers (the library knows no model; a `larq_nobn.zoo` model's
+    are `**zoo.signal_propagation_layers(model)`). `block_outputs` is a regex, an ordered
+    list of layer names or an ordered mapping {block name: layer name}. A regex is matched
+    in full (`re.fullmatch`) against every layer name in the order of `model.layers` (from
+    the input to the output); every match is one block, named after the regex's group if it
+    has one, else after the layer. A list names one layer per block, and the blocks take
+    those names; a mapping's keys name the blocks, its values their layers.
+    `residual_outputs` is either a regex, whose matches are grouped by the regex's group (by
+    layer name if it has none), or an ordered list whose entries are a layer name or a list
+    of layer names; the outputs of one group or entry are concatenated along the channels.
+    The i-th residual branch belongs to the i-th block.
 
     Args:
         model: a functional Keras model with channels-last block outputs.
         images: one batch the model accepts.
         training: run the model in training mode (matters for batch norm).
-        block_outputs: which layers output the blocks; `None` for a zoo model.
-        residual_outputs: which layers output the residual branches; `None` for a zoo model.
+        block_outputs: which layers output the blocks.
+        residual_outputs: which layers output the residual branches.
 
     Returns:
         One `BlockStatistics` per block, in order.
 
     Raises:
-        ValueError: if only one of the patterns is given, a regex has more than one group or
-            matches no layer, a named layer does not exist, the numbers of blocks and
-            residual branches differ, or patterns are needed (not a zoo model).
+        ValueError: if a pattern is missing, a regex has more than one group or matches no
+            layer, a named layer does not exist, or the numbers of blocks and residual
+            branches differ.
 
     References:
         - [Characterizing signal propagation to close the performance gap in unnormalized
           ResNets](https://arxiv.org/abs/2101.08692) (Brock et al., ICLR 2021)
     """
-    if (block_outputs is None) != (residual_outputs is None):
-        raise ValueError("Pass both `block_outputs` and `residual_outputs`, or neither.")
-    if block_outputs is None:
-        names, blocks, residuals = _zoo_layers(model)
-    else:
-        names, blocks = _block_layers(model, block_outputs)
-        residuals = _residual_layers(model, residual_outputs)
+    if block_outputs is None or residual_outputs is None:
+        raise ValueError(
+            f"Pass both `block_outputs` and `residual_outputs` for {model.name!r}: the layers "
+            "of a model that is not a larq_nobn.zoo model by regex or name, those of a zoo "
+            "model with `**larq_nobn.zoo.signal_propagation_layers(model)`."
+        )
+    names, blocks = _block_layers(model, block_outputs)
+    residuals = _residual_layers(model, residual_outputs)
     if len(blocks) != len(residuals):
         raise ValueError(
             f"{len(blocks)} block outputs but {len(residuals)} residual branches: "
@@ -162,8 +159,9 @@ def _block_layers(model: tf.keras.Model, spec: BlockLayers) -> tuple[list[str], 
     if isinstance(spec, str):
         matches = _matches(model, spec, "block output")
         return [key for key, _ in matches], [layer for _, layer in matches]
-    _check_layers(model, spec, "block output")
-    return list(spec), list(spec)
+    layers = list(spec.values()) if isinstance(spec, Mapping) else list(spec)
+    _check_layers(model, layers, "block output")
+    return list(spec), layers
 
 
 def _residual_layers(model: tf.keras.Model, spec: ResidualLayers) -> list[list[str]]:
@@ -178,28 +176,3 @@ def _residual_layers(model: tf.keras.Model, spec: ResidualLayers) -> list[list[s
     if not all(groups):
         raise ValueError("Every residual branch needs at least one layer.")
     return groups
-
-
-def _zoo_layers(model: tf.keras.Model) -> tuple[list[str], list[str], list[list[str]]]:
-    """(names, block output layers, residual branch layers) of a `larq_nobn.zoo` model."""
-    existing = {layer.name for layer in model.layers}
-    bn = "_bn" if "block1_conv3x3_bn" in existing else ""
-    entries = []
-    i = 1
-    while f"block{i}_conv3x3" in existing:
-        block = f"block{i}"
-        if f"{block}_add" in existing:  # ReActNet-18
-            entries.append((block, f"{block}_rprelu_bias_out", [f"{block}_conv3x3{bn}"]))
-        else:  # ReActNet-A: two residual additions
-            entries.append((f"{block}a", f"{block}_rprelu1_bias_out", [f"{block}_conv3x3{bn}"]))
-            halves = [f"{block}_conv1x1{h}" for h in ("", "_1", "_2")]
-            branch = [f"{name}{bn}" for name in halves if name in existing]
-            entries.append((f"{block}b", f"{block}_rprelu2_bias_out", branch))
-        i += 1
-    if not entries:
-        raise ValueError(
-            f"{model.name!r} is not a larq_nobn.zoo model: pass `block_outputs` and "
-            "`residual_outputs`."
-        )
-    names, blocks, residuals = zip(*entries, strict=True)
-    return list(names), list(blocks), list(residuals)

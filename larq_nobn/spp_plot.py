@@ -1,25 +1,21 @@
-"""Signal propagation plots: bn, nobn and none side by side, at initialization and trained.
+"""Signal propagation plots: several variants side by side, at initialization and trained.
 
+```python
+from larq_nobn import spp_plot
+spp_plot.plot_signal_propagation({"bn": bn_stats, "nobn": nobn_stats}, "spp.png")
 ```
-python -m larq_nobn.spp_plot --backbone reactnet18 --dataset digits \\
-    --out docs/signal_propagation_reactnet18.png
-```
-builds the three variants at initialization with a fixed seed, runs them on a batch of test
-images and writes one PNG; `--trained nobn=runs/<run>/stage1/model.keras` (repeatable, one
-per variant) adds trained models of that backbone and stage as dashed lines.
-matplotlib is imported when a plot is drawn, not before.
+The statistics are `larq_nobn.signal_propagation`'s. matplotlib (the `plot` extra:
+`pip install "larq-nobn[plot]"`) is imported when a plot is drawn, not before. The command
+that plots the zoo's variants is the program's: `larq-nobn-spp` (`larq_nobn.train.spp`).
 """
 
-import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from larq_nobn import zoo
 from larq_nobn.spp import BlockStatistics, signal_propagation
-from larq_nobn.zoo import blocks, reactnet18, reactnet_a
 
 STATISTICS = (
     ("squared_mean", "average channel squared mean"),
@@ -27,8 +23,6 @@ STATISTICS = (
     ("residual_variance", "residual branch: average channel variance"),
 )
 COLORS = {"bn": "tab:blue", "nobn": "tab:green", "none": "tab:red"}
-BACKBONES = ("reactnet18", "reactnet_a")
-DEFAULT_IMAGE_SIZE = {"reactnet18": 32, "reactnet_a": 64}
 
 
 def plot_signal_propagation(
@@ -56,9 +50,7 @@ def plot_signal_propagation(
         ValueError: if there are no variants, or the variants' blocks differ, or `trained`
             has a variant `statistics` lacks.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    Figure, FigureCanvasAgg = figure_classes()
     trained = dict(trained or {})
     if not statistics or set(trained) - set(statistics):
         raise ValueError(
@@ -115,12 +107,14 @@ def write_signal_propagation_plot(
     training: bool = True,
     title: str = "Signal propagation",
     transitions: Sequence[str] = (),
+    layers_of: Callable[[tf.keras.Model], Mapping] | None = None,
     **layers,
 ) -> None:
     """Measures `signal_propagation` of each model on `images` and plots the variants.
 
-    For one trained model: `write_signal_propagation_plot({"nobn": initial_twin}, images,
-    path, trained={"nobn": model})`, the twin rebuilt as the model was before training.
+    For one trained zoo model: `write_signal_propagation_plot({"nobn": initial_twin}, images,
+    path, trained={"nobn": model}, layers_of=zoo.signal_propagation_layers)`, the twin
+    rebuilt as the model was before training.
 
     Args:
         models: per variant, a model (e.g. at initialization).
@@ -131,12 +125,17 @@ def write_signal_propagation_plot(
             statistics (at initialization its moving averages make it the identity).
         title: the figure's title.
         transitions: names of blocks to mark with a vertical line.
-        **layers: `block_outputs` and `residual_outputs` for models outside the zoo.
+        layers_of: a model's `block_outputs` and `residual_outputs`, for models whose
+            layers differ (e.g. `zoo.signal_propagation_layers`).
+        **layers: `block_outputs` and `residual_outputs` of every model (without
+            `layers_of`).
     """
 
     def measure(runs: Mapping[str, tf.keras.Model]) -> dict[str, list[BlockStatistics]]:
         return {
-            variant: signal_propagation(model, images, training=training, **layers)
+            variant: signal_propagation(
+                model, images, training=training, **(layers_of(model) if layers_of else layers)
+            )
             for variant, model in runs.items()
         }
 
@@ -149,108 +148,17 @@ def write_signal_propagation_plot(
     )
 
 
-def transition_blocks(backbone: str, alpha: float = blocks.DEFAULT_ALPHA) -> list[str]:
-    """Names (as `signal_propagation` gives them) of a zoo backbone's stride-2 blocks.
+def figure_classes() -> tuple[type, type]:
+    """matplotlib's `Figure` and `FigureCanvasAgg`: figures without pyplot's global state.
 
-    There the BN-free variant's expected variance is reset to 1.
+    Raises:
+        ImportError: one line saying how to install matplotlib, if it is not installed.
     """
-    if backbone == "reactnet18":
-        specs = reactnet18.block_specs(alpha)
-        return [f"block{i}" for i, spec in enumerate(specs, 1) if spec.downsample]
-    if backbone == "reactnet_a":
-        specs = reactnet_a.block_specs(alpha)
-        return [f"block{i}a" for i, spec in enumerate(specs, 1) if spec.strides == 2]
-    raise ValueError(f"`backbone` must be one of {BACKBONES}, got {backbone!r}.")
-
-
-def _trained_models(specs: Sequence[str], backbone: str) -> dict[str, tf.keras.Model]:
-    """`VARIANT=PATH` arguments: the saved zoo models, checked to be of `backbone`."""
-    models = {}
-    for spec in specs:
-        variant, _, path = spec.partition("=")
-        if variant not in blocks.NORMS or not path:
-            raise SystemExit(f"--trained takes VARIANT=PATH with VARIANT in {blocks.NORMS}: {spec}")
-        model = tf.keras.models.load_model(path, compile=False)
-        if model.name != f"{backbone}_{variant}":
-            raise SystemExit(f"--trained {spec}: a {model.name} model, not {backbone}_{variant}")
-        models[variant] = model
-    return models
-
-
-def _measured(label: str, model: tf.keras.Model, images) -> list[BlockStatistics]:
-    """`signal_propagation` in training mode, each block printed as a line after `label`."""
-    statistics = signal_propagation(model, images, training=True)
-    for block in statistics:
-        print(label, block.name, *(f"{getattr(block, f):.4g}" for f, _ in STATISTICS))
-    return statistics
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """The command line: the three variants of a backbone at initialization (and trained
-    models given with --trained), one PNG."""
-    from larq_nobn.train import data
-
-    parser = argparse.ArgumentParser(
-        prog="python -m larq_nobn.spp_plot",
-        description="Signal propagation plot of a zoo backbone's variants at initialization.",
-    )
-    parser.add_argument("--backbone", choices=BACKBONES, default="reactnet18")
-    parser.add_argument("--dataset", choices=data.DATASET_NAMES, default="digits")
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--image_size", type=int, help="32 (reactnet18, cifar stem), 64 (A)")
-    parser.add_argument("--images", type=int, default=64, help="the batch: first test images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stage", type=int, choices=blocks.STAGES, default=1)
-    parser.add_argument("--out", required=True)
-    parser.add_argument(
-        "--trained",
-        action="append",
-        default=[],
-        metavar="VARIANT=PATH",
-        help="a trained model of the backbone and --stage, e.g. nobn=runs/x/stage1/model.keras",
-    )
-    args = parser.parse_args(argv)
-
-    trained = _trained_models(args.trained, args.backbone)
-    size = args.image_size or DEFAULT_IMAGE_SIZE[args.backbone]
-    stem = "cifar"
-    for model in trained.values():  # the trained models fix the image size and stem
-        size = model.input_shape[1]
-        layer_names = {layer.name for layer in model.layers}
-        stem = "imagenet" if "pool_first" in layer_names else "cifar"
-    _, test, info = data.load(
-        args.dataset, global_batch_size=args.images, image_size=size, data_dir=args.data_dir
-    )
-    images = next(iter(test))[0]
-    statistics = {}
-    for norm in blocks.NORMS:
-        tf.keras.utils.set_random_seed(args.seed)
-        model = zoo.get_model(
-            f"{args.backbone}_{norm}",
-            stage=args.stage,
-            input_shape=(size, size, 3),
-            num_classes=info.num_classes,
-            **({"stem": stem} if args.backbone == "reactnet18" else {}),
-        )
-        statistics[norm] = _measured(norm, model, images)
-    trained_statistics = {
-        variant: _measured(f"{variant}(trained)", model, images)
-        for variant, model in trained.items()
-    }
-    title = (
-        f"{args.backbone}, stage {args.stage}, at initialization (seed {args.seed})"
-        f"{' and trained (dashed)' if trained else ''}: "
-        f"{len(images)} {args.dataset} test images, {size}x{size}, training-mode forward pass"
-    )
-    plot_signal_propagation(
-        statistics,
-        args.out,
-        trained=trained_statistics,
-        title=title,
-        transitions=transition_blocks(args.backbone),
-    )
-    print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            'Plotting needs matplotlib: pip install "larq-nobn[plot]" (or matplotlib).'
+        ) from error
+    return Figure, FigureCanvasAgg

@@ -1,5 +1,5 @@
 """`python -m larq_nobn.train`: the training program (see `main.py`)."""
 
-from larq_nobn.train.main import run
+from larq_nobn.train.commands import train
 
-run()
+train()

@@ -5,6 +5,7 @@ from larq_nobn import zoo
 model = zoo.get_model("reactnet18_nobn", stage=1, stem="cifar", input_shape=(32, 32, 3),
                       num_classes=10)
 model = zoo.from_torch("checkpoint.pth.tar")  # a PyTorch checkpoint of the reference
+stats = larq_nobn.signal_propagation(model, images, **zoo.signal_propagation_layers(model))
 ```
 """
 
@@ -21,6 +22,7 @@ from larq_nobn.zoo import torch_weights
 from larq_nobn.zoo.blocks import NORMS, PADDINGS, STAGES
 from larq_nobn.zoo.reactnet18 import ReActNet18
 from larq_nobn.zoo.reactnet_a import ReActNetA
+from larq_nobn.zoo.spp import signal_propagation_layers, transition_blocks
 
 _REGISTRY: dict[str, Callable[..., tf.keras.Model]] = {}
 for _norm in NORMS:
@@ -101,4 +103,6 @@ __all__ = [
     "backbone",
     "from_torch",
     "get_model",
+    "signal_propagation_layers",
+    "transition_blocks",
 ]

@@ -1,4 +1,5 @@
-"""Tests for the signal propagation statistics (larq_nobn.spp) and their plot (spp_plot)."""
+"""Tests for the signal propagation statistics (larq_nobn.spp) and their plot (spp_plot), on
+small hand-built models (the zoo's layers: tests/zoo; the command: tests/train/test_spp.py)."""
 
 import dataclasses
 import re
@@ -8,11 +9,9 @@ import pytest
 import tensorflow as tf
 
 import larq_nobn
-from larq_nobn import spp_plot, zoo
+from larq_nobn import spp_plot
 from larq_nobn.spp import BlockStatistics
-from larq_nobn.zoo import reactnet18, reactnet_a
 
-ALPHA = 0.2
 TINY = {"block_outputs": r"(b\d)_add", "residual_outputs": r"(b\d)_conv"}
 
 
@@ -120,93 +119,22 @@ def test_bad_layer_names_raise_value_error(layers, message):
         larq_nobn.signal_propagation(model, _images(), **layers)
 
 
-@pytest.fixture(scope="module")
-def digits() -> np.ndarray:
-    from larq_nobn.train import data
-
-    _, test, _ = data.load("digits", global_batch_size=16, image_size=32)
-    return next(iter(test))[0].numpy()
-
-
-@pytest.fixture(scope="module")
-def reactnet18_statistics(digits) -> dict[str, list[BlockStatistics]]:
-    statistics = {}
-    for norm in ("nobn", "none"):
-        tf.keras.utils.set_random_seed(0)
-        model = zoo.get_model(
-            f"reactnet18_{norm}", stage=1, stem="cifar", input_shape=(32, 32, 3), num_classes=10
+def test_a_mapping_names_the_blocks():
+    model, _ = _tiny_model()
+    images = _images()
+    by_regex = larq_nobn.signal_propagation(model, images, **TINY)
+    by_mapping = larq_nobn.signal_propagation(
+        model,
+        images,
+        block_outputs={"first": "b1_add", "second": "b2_add"},
+        residual_outputs=["b1_conv", "b2_conv"],
+    )
+    assert [s.name for s in by_mapping] == ["first", "second"]
+    assert _values(by_mapping).tolist() == _values(by_regex).tolist()
+    with pytest.raises(ValueError, match="b9_add"):
+        larq_nobn.signal_propagation(
+            model, images, block_outputs={"x": "b9_add"}, residual_outputs=["b1_conv"]
         )
-        statistics[norm] = larq_nobn.signal_propagation(model, digits)
-    tf.keras.backend.clear_session()
-    return statistics
-
-
-def _stages() -> list[list[int]]:
-    """0-based block indices of ReActNet-18's stages: a new stage at every downsample block."""
-    stages: list[list[int]] = []
-    for i, spec in enumerate(reactnet18.block_specs(ALPHA)):
-        if not stages or spec.downsample:
-            stages.append([])
-        stages[-1].append(i)
-    return stages
-
-
-# Measured at initialization, stage 1, cifar stem, the first 16 digits test images at 32x32,
-# seeds 0-5 (the tests use seed 0):
-# - none: block output variance 0.113-0.585; it rises at every block of every stage, the
-#   last block of a stage has 1.76-3.15x the first's; residual variance 0.180-0.365.
-# - nobn: block output variance 0.0187-0.0846 (none's is 3.3-7.6x larger, block by block);
-#   residual variance 0.0253-0.0392 (about alpha^2 = 0.04); at the downsample blocks 5, 9
-#   and 13 the variance drops to 0.33-0.44x the block before's.
-
-
-def test_reactnet18_none_grows_within_every_stage(reactnet18_statistics):
-    variance = np.array([s.variance for s in reactnet18_statistics["none"]])
-    assert [s.name for s in reactnet18_statistics["none"]] == [f"block{i}" for i in range(1, 17)]
-    assert len(_stages()) == 4
-    for stage in _stages():
-        assert np.all(np.diff(variance[stage]) > 0), variance[stage]
-        assert variance[stage[-1]] > 1.4 * variance[stage[0]], variance[stage]
-
-
-def test_reactnet18_nobn_stays_in_its_band_below_none(reactnet18_statistics):
-    nobn, none = reactnet18_statistics["nobn"], reactnet18_statistics["none"]
-    variance = np.array([s.variance for s in nobn])
-    residual = np.array([s.residual_variance for s in nobn])
-    assert np.all((variance > 0.01) & (variance < 0.15)), variance
-    assert np.all((residual > 0.5 * ALPHA**2) & (residual < 1.25 * ALPHA**2)), residual
-    assert np.all(np.array([s.variance for s in none]) > 2 * variance)
-    assert np.all(np.array([s.residual_variance for s in none]) > 3 * residual)
-
-
-def test_reactnet18_nobn_variance_drops_where_beta_resets(reactnet18_statistics):
-    variance = np.array([s.variance for s in reactnet18_statistics["nobn"]])
-    resets = [stage[0] for stage in _stages()[1:]]
-    assert resets == [4, 8, 12]
-    for i in resets:
-        assert variance[i] < 0.6 * variance[i - 1], (i + 1, variance[i - 1 : i + 1])
-
-
-def test_reactnet_a_entries_are_both_additions_after_batch_norm():
-    tf.keras.utils.set_random_seed(0)
-    model = zoo.get_model("reactnet_a_bn", stage=1, input_shape=(64, 64, 3), num_classes=10)
-    images = _images((8, 64, 64, 3))
-    blocks, residuals = [], []
-    for i, spec in enumerate(reactnet_a.block_specs(ALPHA), 1):
-        halves = ["_1", "_2"] if spec.out_channels != spec.in_channels else [""]
-        blocks += [f"block{i}_rprelu1_bias_out", f"block{i}_rprelu2_bias_out"]
-        residuals += [[f"block{i}_conv3x3_bn"], [f"block{i}_conv1x1{h}_bn" for h in halves]]
-    # Inference mode: batch norm is the identity at initialization, so the halves differ.
-    explicit = larq_nobn.signal_propagation(
-        model, images, block_outputs=blocks, residual_outputs=residuals
-    )
-    np.testing.assert_allclose(
-        _values(larq_nobn.signal_propagation(model, images)), _values(explicit), rtol=1e-5
-    )
-    # Training mode: every branch is normalized (the raw convolutions have variance ~1/3).
-    statistics = larq_nobn.signal_propagation(model, images, training=True)
-    assert [s.name for s in statistics] == [f"block{i}{ab}" for i in range(1, 14) for ab in "ab"]
-    np.testing.assert_allclose([s.residual_variance for s in statistics], 1.0, rtol=2e-2)
 
 
 def _values(statistics: list[BlockStatistics]) -> np.ndarray:
@@ -252,50 +180,15 @@ def test_write_plot_measures_initial_and_trained_models(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_transition_blocks_follow_the_beta_schedule():
-    assert spp_plot.transition_blocks("reactnet18") == ["block5", "block9", "block13"]
-    assert spp_plot.transition_blocks("reactnet_a") == ["block2a", "block4a", "block6a", "block12a"]
-    with pytest.raises(ValueError, match="backbone"):
-        spp_plot.transition_blocks("resnet")
+def test_write_plot_takes_each_models_layers(tmp_path):
+    path = tmp_path / "spp.png"
+    seen = []
 
+    def layers_of(model):
+        seen.append(model.name)
+        return TINY
 
-def test_command_line_plots_the_variants_and_a_trained_model(tmp_path, capsys, digits):
-    """`python -m larq_nobn.spp_plot --trained nobn=PATH`: the three variants at init and the
-    saved model, measured on the same images (its printed numbers are its statistics)."""
-    tf.keras.utils.set_random_seed(3)
-    model = zoo.get_model(
-        "reactnet18_nobn", stage=1, stem="cifar", input_shape=(32, 32, 3), num_classes=10
-    )
-    for variable in model.trainable_variables:  # "trained": away from the initial values
-        variable.assign(variable * 1.5 + 0.01)
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    png = tmp_path / "spp.png"
-    argv = ["--backbone=reactnet18", "--images=16", f"--trained=nobn={path}", f"--out={png}"]
-    capsys.readouterr()
-    spp_plot.main(argv)
-
-    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
-    trained = [line for line in lines if line[0] == "nobn(trained)"]
-    expected = larq_nobn.signal_propagation(model, digits, training=True)
-    assert [line[1] for line in trained] == [s.name for s in expected]
-    for line, stats in zip(trained, expected, strict=True):
-        values = [stats.squared_mean, stats.variance, stats.residual_variance]
-        np.testing.assert_allclose([float(v) for v in line[2:]], values, rtol=1e-3)
-    assert sum(line[0] in ("bn", "nobn", "none") for line in lines) == 3 * 16
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(SystemExit, match="VARIANT=PATH"):
-        spp_plot.main(["--backbone=reactnet18", f"--trained=bnn={path}", f"--out={png}"])
-    with pytest.raises(SystemExit, match="not reactnet18_none"):
-        spp_plot.main(["--backbone=reactnet18", f"--trained=none={path}", f"--out={png}"])
-
-
-def test_stage_two_models_have_the_same_blocks(digits):
-    """Stage 2 (binary weights) keeps the layer names: the same 16 entries, measured."""
-    model = zoo.get_model(
-        "reactnet18_nobn", stage=2, stem="cifar", input_shape=(32, 32, 3), num_classes=10
-    )
-    statistics = larq_nobn.signal_propagation(model, digits)
-    assert [s.name for s in statistics] == [f"block{i}" for i in range(1, 17)]
-    values = [v for s in statistics for v in (s.squared_mean, s.variance, s.residual_variance)]
-    assert np.all(np.isfinite(values)) and min(values) > 0
+    models = {"nobn": _tiny_model()[0], "none": _tiny_model()[0]}
+    spp_plot.write_signal_propagation_plot(models, _images(), path, layers_of=layers_of)
+    assert seen == [model.name for model in models.values()]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,72 @@
+"""Tests for the signal propagation command (train/spp.py, `larq-nobn-spp`)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import larq_nobn
+from larq_nobn import zoo
+from larq_nobn.train import commands, data, spp
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    _, test, _ = data.load("digits", global_batch_size=16, image_size=32)
+    return next(iter(test))[0].numpy()
+
+
+def test_command_line_plots_the_variants_and_a_trained_model(tmp_path, capsys, digits):
+    """`larq-nobn-spp --trained nobn=PATH`: the three variants at init and the
+    saved model, measured on the same images (its printed numbers are its statistics)."""
+    tf.keras.utils.set_random_seed(3)
+    model = zoo.get_model(
+        "reactnet18_nobn", stage=1, stem="cifar", input_shape=(32, 32, 3), num_classes=10
+    )
+    for variable in model.trainable_variables:  # "trained": away from the initial values
+        variable.assign(variable * 1.5 + 0.01)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    png = tmp_path / "spp.png"
+    argv = ["--backbone=reactnet18", "--images=16", f"--trained=nobn={path}", f"--out={png}"]
+    capsys.readouterr()
+    spp.main(argv)
+
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    trained = [line for line in lines if line[0] == "nobn(trained)"]
+    layers = zoo.signal_propagation_layers(model)
+    expected = larq_nobn.signal_propagation(model, digits, training=True, **layers)
+    assert [line[1] for line in trained] == [s.name for s in expected]
+    for line, stats in zip(trained, expected, strict=True):
+        values = [stats.squared_mean, stats.variance, stats.residual_variance]
+        np.testing.assert_allclose([float(v) for v in line[2:]], values, rtol=1e-3)
+    assert sum(line[0] in ("bn", "nobn", "none") for line in lines) == 3 * 16
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="VARIANT=PATH"):
+        spp.main(["--backbone=reactnet18", f"--trained=bnn={path}", f"--out={png}"])
+    with pytest.raises(SystemExit, match="not reactnet18_none"):
+        spp.main(["--backbone=reactnet18", f"--trained=none={path}", f"--out={png}"])
+
+
+def test_commands_stop_with_one_line_without_the_train_extra(monkeypatch, capsys):
+    real = commands.importlib.util.find_spec
+    monkeypatch.setattr(
+        commands.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name in ("sklearn", "larq_zoo") else real(name, *args),
+    )
+    assert commands.missing_train_extra() == ["larq-zoo", "scikit-learn"]
+    for command in (commands.train, commands.spp):
+        with pytest.raises(SystemExit) as exit_:
+            command()
+        assert exit_.value.code == 2
+        message = capsys.readouterr().err
+        assert message.count("\n") == 1 and "larq-nobn[train]" in message
+        assert "larq-zoo, scikit-learn" in message
+
+
+def test_spp_command_help(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["larq-nobn-spp", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        commands.spp()
+    assert exit_.value.code == 0
+    assert "--backbone" in capsys.readouterr().out

@@ -1,35 +1,29 @@
 """Keras layers for batch-norm-free binary networks."""
 
 import contextlib
-import logging
 import math
 
 import larq as lq
 import tensorflow as tf
 from larq import utils as lq_utils
 
+from larq_nobn import quiet
 from larq_nobn.conv import FastGradientConv
 from larq_nobn.quantizers import MagnitudeAwareSteSign
 from larq_nobn.unitwise import scaled_standardize, scaled_ws_kernel
 
 
-@contextlib.contextmanager
-def silence_starved_weights_warning():
+def silence_starved_weights_warning() -> contextlib.AbstractContextManager:
     """Drops larq's "starved weights" warning for binary kernels without a constraint.
 
     The warning does not apply to scaled-WS layers (the quantizer sees a standardized
     kernel) nor to models that, like the paper's reference, train without weight clipping.
+    `LARQ_NOBN_TF_LOGS=1` shows it (`larq_nobn.quiet`).
+
+    Returns:
+        A context manager for the block that builds the layers.
     """
-
-    def drop(record: logging.LogRecord) -> bool:
-        return "starved weights" not in record.getMessage()
-
-    logger = logging.getLogger("larq.layers_base")
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
+    return quiet.logger_filtered("larq.layers_base", "starved weights")
 
 
 class _StandardizedKernel:

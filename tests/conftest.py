@@ -2,10 +2,9 @@
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import larq_nobn  # noqa: E402,F401  (checks Keras 2 before anything else imports TF)
+import larq_nobn  # noqa: E402,F401  (selects Keras 2 before anything else imports TF)
 
 # isort: split
 import pytest  # noqa: E402

@@ -13,12 +13,11 @@ import contextlib
 import os
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import logging as absl_logging  # noqa: E402
 
-import larq_nobn  # noqa: E402,F401  (Keras 2 before TensorFlow)
+import larq_nobn  # noqa: E402,F401  (selects Keras 2 before TensorFlow is imported)
 
 # isort: split
 from absl import app, flags  # noqa: E402

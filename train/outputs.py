@@ -159,13 +159,20 @@ class TrainingState(tf.keras.callbacks.Callback):
 
 
 def plot_curves(histories: dict[int, list[dict]], path: str) -> None:
-    """Loss and accuracy, train and test, over the epochs of every stage, as a PNG."""
-    import matplotlib
+    """Loss and accuracy, train and test, over the epochs of every stage, as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a `matplotlib.figure.Figure` of its own (no pyplot, no global backend).
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    Args:
+        histories: per stage, the rows of its `history.csv` (`TrainingState.history`).
+        path: where to write the PNG.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     offset = 0
     for stage, rows in sorted(histories.items()):
         epochs = [offset + row["epoch"] for row in rows]
@@ -185,4 +192,3 @@ def plot_curves(histories: dict[int, list[dict]], path: str) -> None:
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -80,3 +80,21 @@ def test_all_is_complete_and_agc_alias():
     assert len(set(larq_nobn.__all__)) == len(larq_nobn.__all__)
     assert larq_nobn.AGC is larq_nobn.AdaptiveGradientClipping
     assert isinstance(larq_nobn.__version__, str)
+
+
+def test_import_loads_neither_the_zoo_nor_the_program():
+    """`import larq_nobn` loads the library only: no module of the zoo, the program, or
+    their dependencies."""
+    code = (
+        "import sys\n"
+        "import larq_nobn\n"
+        "floors = ('larq_nobn.zoo', 'larq_nobn.train')\n"
+        "others = ('larq_zoo', 'tensorflow_datasets', 'matplotlib', 'sklearn')\n"
+        "loaded = [m for m in sys.modules if m.startswith(floors) or m.split('.')[0] in others]\n"
+        "print('LOADED=' + ','.join(sorted(loaded)))\n"
+        "print('TF=' + str('tensorflow' in sys.modules))\n"
+    )
+    result = _run(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED=\n" in result.stdout
+    assert "TF=True" in result.stdout  # the check is not vacuous: TensorFlow did load

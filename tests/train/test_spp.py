@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import larq_nobn
 from larq_nobn import zoo
-from larq_nobn.train import commands, data, spp
+from larq_nobn.train import data, spp
 
 
 @pytest.fixture(scope="module")
@@ -45,28 +45,3 @@ def test_command_line_plots_the_variants_and_a_trained_model(tmp_path, capsys, d
         spp.main(["--backbone=reactnet18", f"--trained=bnn={path}", f"--out={png}"])
     with pytest.raises(SystemExit, match="not reactnet18_none"):
         spp.main(["--backbone=reactnet18", f"--trained=none={path}", f"--out={png}"])
-
-
-def test_commands_stop_with_one_line_without_the_train_extra(monkeypatch, capsys):
-    real = commands.importlib.util.find_spec
-    monkeypatch.setattr(
-        commands.importlib.util,
-        "find_spec",
-        lambda name, *args: None if name in ("sklearn", "larq_zoo") else real(name, *args),
-    )
-    assert commands.missing_train_extra() == ["larq-zoo", "scikit-learn"]
-    for command in (commands.train, commands.spp):
-        with pytest.raises(SystemExit) as exit_:
-            command()
-        assert exit_.value.code == 2
-        message = capsys.readouterr().err
-        assert message.count("\n") == 1 and "larq-nobn[train]" in message
-        assert "larq-zoo, scikit-learn" in message
-
-
-def test_spp_command_help(monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["larq-nobn-spp", "--help"])
-    with pytest.raises(SystemExit) as exit_:
-        commands.spp()
-    assert exit_.value.code == 0
-    assert "--backbone" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Tests for train/data.py: offline datasets, TFDS pipelines on mock data, augmentation, seeding."""
+"""Tests for train/data/: offline datasets, TFDS pipelines on mock data, augmentation, seeding."""
 
 import gzip
 import struct
@@ -102,7 +102,7 @@ def test_digits_image_size_and_translation_only():
 
 
 def test_digits_augmentation_is_translation_without_flip():
-    src = data._digits(None, None)
+    src = data.digits.source(data.Request("digits"))
     raw, _ = next(iter(src.train))  # un-augmented [0, 1] image, (32, 32, 1)
     raw = raw.numpy()
     assert not np.allclose(raw, raw[:, ::-1])  # so a mirrored copy would be detected
@@ -263,7 +263,7 @@ def test_fashion_mnist_subset_and_size(fake_fashion):
 
 
 def test_fashion_mnist_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian"))
+    monkeypatch.setattr(data.fashion_mnist, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "debian"))
     with pytest.raises(data.DatasetError) as err:
         data.load("fashion_mnist", global_batch_size=4, data_dir=str(tmp_path))
     msg = str(err.value)

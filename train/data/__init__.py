@@ -1,0 +1,138 @@
+"""Input pipelines for training binary networks (digits, Fashion-MNIST, CIFAR, ImageNet, synthetic).
+
+Every pipeline yields batches of ``(float32 NHWC images, int32 labels)``. The training batches
+of an epoch are a function of ``(seed, stream, epoch)`` only: the shuffle order and the seeds of
+the stateless augmentation ops are derived from that key, never from how many times this
+process iterated a dataset before. A resumed run, a skipped stage or a restarted worker sees
+exactly the data an uninterrupted run sees, while every epoch still gets a fresh order and
+fresh augmentations.
+
+One module per dataset family (`digits`, `fashion_mnist`, `cifar`, `imagenet`, `synthetic`),
+each with a `source(request)`; what they share is in `source` (the request, the raw source,
+errors, subsets, TFDS), `augment` (image transforms) and `pipeline` (the tf.data assembly).
+"""
+
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from larq_nobn.train.data import cifar, digits, fashion_mnist, imagenet, synthetic
+from larq_nobn.train.data.cifar import CIFAR_STATS
+from larq_nobn.train.data.digits import DIGITS_TEST_EXAMPLES
+from larq_nobn.train.data.fashion_mnist import (
+    DEBIAN_FASHION_MNIST_DIR,
+    FASHION_MNIST_FILES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    read_idx,
+)
+from larq_nobn.train.data.imagenet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LIGHTING_ALPHASTD,
+    LIGHTING_EIGVAL,
+    LIGHTING_EIGVEC,
+    decode_center_crop,
+    decode_random_resized_crop,
+    lighting,
+)
+from larq_nobn.train.data.pipeline import AUTOTUNE, assemble
+from larq_nobn.train.data.source import (
+    DatasetError,
+    DatasetInfo,
+    Request,
+    Source,
+    check_positive,
+)
+
+#: The datasets by name: each name's source (the one table of them).
+_SOURCES: dict[str, Callable[[Request], Source]] = {
+    "digits": digits.source,
+    "fashion_mnist": fashion_mnist.source,
+    "cifar10": cifar.source,
+    "cifar100": cifar.source,
+    "imagenet2012": imagenet.source,
+    "synthetic": synthetic.source,
+}
+DATASET_NAMES: tuple[str, ...] = tuple(_SOURCES)
+
+
+def load(
+    name: str,
+    *,
+    global_batch_size: int,
+    seed: int = 0,
+    data_dir: str | None = None,
+    train_subset: int | None = None,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    synthetic_examples: int = 512,
+    input_context: tf.distribute.InputContext | None = None,
+    stream: int = 0,
+    first_epoch: int = 0,
+    epochs: int = 1,
+) -> tuple[tf.data.Dataset, tf.data.Dataset, DatasetInfo]:
+    """Returns (train, test, info): batched, prefetched (float32 NHWC images, int32 labels).
+
+    ``train`` holds the batches of epochs ``first_epoch, ..., first_epoch + epochs - 1`` (0-based)
+    of ``stream``, one epoch after the other, ``train_examples // batch`` batches each (the
+    remainder is dropped). Each epoch's batches are a function of ``(seed, stream, epoch)``
+    only: every iteration of ``train`` yields the same batches, and ``first_epoch=k`` yields
+    the batches that epoch k has in a dataset that starts at 0. The training program uses one
+    stream per stage.
+
+    ``num_classes`` and ``synthetic_examples`` only apply to "synthetic". With ``input_context``
+    the train split is sharded per input pipeline and both splits are batched per replica.
+    """
+    if first_epoch < 0 or epochs <= 0:
+        raise ValueError(f"need first_epoch >= 0 and epochs > 0, got {first_epoch}, {epochs}")
+    if name not in _SOURCES:
+        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    check_positive("global_batch_size", global_batch_size)
+    check_positive("image_size", image_size)
+    check_positive("train_subset", train_subset)
+    request = Request(
+        name=name,
+        data_dir=data_dir,
+        image_size=image_size,
+        train_subset=train_subset,
+        seed=seed,
+        num_classes=num_classes,
+        synthetic_examples=synthetic_examples,
+        input_context=input_context,
+    )
+    return assemble(
+        name,
+        _SOURCES[name](request),
+        global_batch_size=global_batch_size,
+        seed=seed,
+        input_context=input_context,
+        stream=stream,
+        first_epoch=first_epoch,
+        epochs=epochs,
+    )
+
+
+__all__ = [
+    "AUTOTUNE",
+    "CIFAR_STATS",
+    "DATASET_NAMES",
+    "DEBIAN_FASHION_MNIST_DIR",
+    "DIGITS_TEST_EXAMPLES",
+    "FASHION_MNIST_FILES",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LIGHTING_ALPHASTD",
+    "LIGHTING_EIGVAL",
+    "LIGHTING_EIGVEC",
+    "DatasetError",
+    "DatasetInfo",
+    "Request",
+    "decode_center_crop",
+    "decode_random_resized_crop",
+    "lighting",
+    "load",
+    "read_idx",
+]

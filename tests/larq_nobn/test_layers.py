@@ -7,6 +7,7 @@ a NumPy forward pass.
 
 import contextlib
 import io
+import logging
 import zlib
 
 import larq as lq
@@ -14,7 +15,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from larq_nobn import LearnableBias, MagnitudeAwareSteSign, ScaledWSConv2D, ScaledWSQuantConv2D
+from larq_nobn import (
+    LearnableBias,
+    MagnitudeAwareSteSign,
+    ScaledWSConv2D,
+    ScaledWSQuantConv2D,
+    quiet,
+)
+from larq_nobn.layers import silence_starved_weights_warning
 
 # ----------------------------------------------------------------------------------------
 # Independent references
@@ -456,3 +464,16 @@ def test_learnable_bias_config_round_trip():
 def test_learnable_bias_needs_known_channels():
     with pytest.raises(ValueError, match="channels"):
         LearnableBias().build(tf.TensorShape([None, None]))
+
+
+def test_starved_weights_filter_is_quiets_and_follows_its_switch(monkeypatch, caplog):
+    logger = logging.getLogger("larq.layers_base")
+    with caplog.at_level(logging.WARNING, logger="larq.layers_base"):
+        with silence_starved_weights_warning():
+            logger.warning("starved weights: a binary kernel without a constraint")
+            logger.warning("another warning")
+        assert [r.getMessage() for r in caplog.records] == ["another warning"]
+        monkeypatch.setenv(quiet.SHOW_ALL_ENV, "1")
+        with silence_starved_weights_warning():
+            logger.warning("starved weights: shown")
+        assert caplog.records[-1].getMessage() == "starved weights: shown"

@@ -150,14 +150,46 @@ def _phase(out_size: int, k: int, s: int, before: int, a: int, rows: int):
     return taps, (pad_before, pad_after)
 
 
+def _live_taps(size: int, out_size: int, k: int, s: int, before: int) -> tuple[int, int]:
+    """The first and last kernel tap along one axis that reach an input position.
+
+    Output `o` reads input `o*s + t - before` through tap `t`; taps that only ever read
+    padding (a 3x3 kernel over a 1x1 map has one live tap, its centre) contribute
+    nothing, and their filter gradient is zero.
+    """
+    first = max(0, before - (out_size - 1) * s)
+    last = min(k - 1, before + size - 1)
+    return (first, last) if first <= last else (0, k - 1)
+
+
+def _trimmed(kernel, sizes, out_sizes, strides, pads):
+    """The kernel cut to its live taps, their padding, and how to pad the cut back."""
+    ranges = [
+        _live_taps(n, m, k, s, before)
+        for n, m, k, s, (before, _) in zip(
+            sizes, out_sizes, kernel.shape[:2], strides, pads, strict=True
+        )
+    ]
+    (top, bottom), (left, right) = ranges
+    live = kernel[top : bottom + 1, left : right + 1]
+    live_pads = [
+        (before - first, (m - 1) * s + (last - first + 1) - n - (before - first))
+        for (first, last), n, m, s, (before, _) in zip(
+            ranges, sizes, out_sizes, strides, pads, strict=True
+        )
+    ]
+    kh, kw = kernel.shape[:2]
+    restore = [(top, kh - 1 - bottom), (left, kw - 1 - right), (0, 0), (0, 0)]
+    return live, live_pads, restore
+
+
 def _input_gradient(dy, kernel, input_shape, strides, pads) -> tf.Tensor:
     """The input gradient of a stride-s convolution as s*s forward convolutions."""
     _, height, width, _ = input_shape
     kh, kw = kernel.shape[:2]
     (sh, sw), out_h, out_w = strides, dy.shape[1], dy.shape[2]
     rows, cols = -(-height // sh), -(-width // sw)
-    # (kh, kw, in, out) -> (kh, kw, out, in): the output gradient's channels go in.
-    swapped = tf.transpose(kernel, (0, 1, 3, 2))
+    swapped = None
     phases = []
     for a in range(sh):
         taps_h, pad_h = _phase(out_h, kh, sh, pads[0][0], a, rows)
@@ -167,11 +199,25 @@ def _input_gradient(dy, kernel, input_shape, strides, pads) -> tf.Tensor:
             if not taps_h or not taps_w:  # a kernel smaller than its stride skips pixels
                 row.append(tf.zeros([tf.shape(dy)[0], rows, cols, kernel.shape[2]], dy.dtype))
                 continue
+            window = _pad_or_crop(dy, [pad_h, pad_w])
+            if len(taps_h) == len(taps_w) == 1:
+                # One tap: a matmul with the tap's (in, out) matrix, transposed in the
+                # product rather than in memory.
+                flat = tf.matmul(
+                    tf.reshape(window, [-1, window.shape[-1]]),
+                    kernel[taps_h[0], taps_w[0]],
+                    transpose_b=True,
+                )
+                row.append(tf.reshape(flat, [-1, rows, cols, kernel.shape[2]]))
+                continue
+            if swapped is None:
+                # (kh, kw, in, out) -> (kh, kw, out, in): the output gradient's channels go in.
+                swapped = tf.transpose(kernel, (0, 1, 3, 2))
             if len(taps_h) == kh and len(taps_w) == kw:
                 sub = tf.reverse(swapped, [0, 1])
             else:
                 sub = tf.gather(tf.gather(swapped, taps_h, axis=0), taps_w, axis=1)
-            row.append(tf.nn.conv2d(_pad_or_crop(dy, [pad_h, pad_w]), sub, 1, "VALID"))
+            row.append(tf.nn.conv2d(window, sub, 1, "VALID"))
         phases.append(row)
     if sh == sw == 1:
         return phases[0][0]
@@ -186,7 +232,7 @@ def _filter_gradient(x, dy, kernel_shape, strides, pads) -> tf.Tensor:
     """The filter gradient as one matmul of the input's patches with the output gradient."""
     kh, kw, cin, cout = kernel_shape
     out_h, out_w = dy.shape[1], dy.shape[2]
-    padded = tf.pad(x, [(0, 0), *pads, (0, 0)]) if any(map(any, pads)) else x
+    padded = _pad_or_crop(x, pads)
     if (kh, kw) == (1, 1):
         patches = padded[:, : (out_h - 1) * strides[0] + 1 : strides[0]]
         patches = patches[:, :, : (out_w - 1) * strides[1] + 1 : strides[1]]
@@ -251,14 +297,17 @@ def conv2d(
     @tf.custom_gradient
     def _conv(x, w):
         def grad(dy):
+            live, live_pads, restore = _trimmed(w, sizes, dy.shape[1:3], strides, pads)
             if by_forward:
-                dx = _input_gradient(dy, w, x.shape, strides, pads)
+                dx = _input_gradient(dy, live, x.shape, strides, live_pads)
             else:
                 dx = tf.raw_ops.Conv2DBackpropInput(
                     input_sizes=tf.shape(x), filter=w, out_backprop=dy, **explicit
                 )
             if by_patches:
-                dw = _filter_gradient(x, dy, w.shape.as_list(), strides, pads)
+                dw = _filter_gradient(x, dy, live.shape.as_list(), strides, live_pads)
+                if any(map(any, restore)):
+                    dw = tf.pad(dw, restore)
             else:
                 dw = tf.raw_ops.Conv2DBackpropFilter(
                     input=x, filter_sizes=tf.shape(w), out_backprop=dy, **explicit

@@ -34,24 +34,44 @@ def _check_keras_2() -> None:
 
 _check_keras_2()
 
-if "tensorflow" not in sys.modules:
-    from larq_nobn.quiet import tensorflow_noise_filtered
+# The public names, imported on first use (PEP 562): `import larq_nobn` itself imports no
+# TensorFlow, so that a program can check its input before paying for it.
+_LAZY = {
+    "WeightStandardization": "constraints",
+    "QuantConv2D": "conv",
+    "conv2d": "conv",
+    "conv_gradients": "conv",
+    "set_conv_gradients": "conv",
+    "LearnableBias": "layers",
+    "ScaledWSConv2D": "layers",
+    "ScaledWSQuantConv2D": "layers",
+    "AGC": "optimizers",
+    "AdaptiveGradientClipping": "optimizers",
+    "TorchAdam": "optimizers",
+    "MagnitudeAwareSteSign": "quantizers",
+    "BlockStatistics": "spp",
+    "signal_propagation": "spp",
+    "scaled_standardize": "unitwise",
+    "scaled_ws_kernel": "unitwise",
+    "standardize": "unitwise",
+    "unitwise_norm": "unitwise",
+}
 
-    with tensorflow_noise_filtered():  # CUDA plugin registration lines on CPU machines
-        import tensorflow  # noqa: F401
 
-from larq_nobn.constraints import WeightStandardization  # noqa: E402
-from larq_nobn.conv import QuantConv2D, conv2d, conv_gradients, set_conv_gradients  # noqa: E402
-from larq_nobn.layers import LearnableBias, ScaledWSConv2D, ScaledWSQuantConv2D  # noqa: E402
-from larq_nobn.optimizers import AGC, AdaptiveGradientClipping, TorchAdam  # noqa: E402
-from larq_nobn.quantizers import MagnitudeAwareSteSign  # noqa: E402
-from larq_nobn.spp import BlockStatistics, signal_propagation  # noqa: E402
-from larq_nobn.unitwise import (  # noqa: E402
-    scaled_standardize,
-    scaled_ws_kernel,
-    standardize,
-    unitwise_norm,
-)
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    if "tensorflow" not in sys.modules:
+        from larq_nobn.quiet import tensorflow_noise_filtered
+
+        with tensorflow_noise_filtered():  # CUDA plugin registration lines on CPU machines
+            import tensorflow  # noqa: F401
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -19,14 +19,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-DATASET_NAMES: tuple[str, ...] = (
-    "digits",
-    "fashion_mnist",
-    "cifar10",
-    "cifar100",
-    "imagenet2012",
-    "synthetic",
-)
+from larq_nobn.registry import UnknownNameError
+from larq_nobn.train.catalog import DATASETS
+
+DATASET_NAMES: tuple[str, ...] = DATASETS.names()
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -67,6 +63,10 @@ Seed = tf.Tensor  # shape [2] stateless seed
 
 class DatasetError(Exception):
     """A dataset is unknown or not available locally (message is one user-facing line)."""
+
+
+class UnknownDatasetError(UnknownNameError, DatasetError):
+    """A dataset name that `catalog.DATASETS` does not hold."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -539,6 +539,43 @@ def _synthetic(
     )
 
 
+# ----------------------------------------------------------------------------- dispatch
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """`load`'s arguments, as every loader of `catalog.DATASETS` takes them."""
+
+    name: str
+    data_dir: str | None
+    image_size: int | None
+    train_subset: int | None
+    seed: int
+    input_context: tf.distribute.InputContext | None
+    num_classes: int | None
+    synthetic_examples: int
+
+
+def _load_digits(r: Request) -> _Source:
+    return _digits(r.image_size, r.train_subset)
+
+
+def _load_fashion_mnist(r: Request) -> _Source:
+    return _fashion_mnist(r.data_dir, r.image_size, r.train_subset)
+
+
+def _load_cifar(r: Request) -> _Source:
+    return _cifar(r.name, r.data_dir, r.image_size, r.train_subset)
+
+
+def _load_imagenet(r: Request) -> _Source:
+    return _imagenet(r.data_dir, r.image_size, r.train_subset, r.seed, r.input_context)
+
+
+def _load_synthetic(r: Request) -> _Source:
+    return _synthetic(r.image_size, r.num_classes, r.synthetic_examples, r.seed)
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -571,23 +608,27 @@ def load(
     """
     if first_epoch < 0 or epochs <= 0:
         raise ValueError(f"need first_epoch >= 0 and epochs > 0, got {first_epoch}, {epochs}")
-    if name not in DATASET_NAMES:
-        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    try:
+        loader = DATASETS.get(name)
+    except UnknownNameError as error:
+        raise UnknownDatasetError(error.kind, name, error.valid) from None
     if global_batch_size <= 0:
         raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
     if image_size is not None and image_size <= 0:
         raise ValueError(f"image_size must be positive, got {image_size}")
 
-    if name == "digits":
-        src = _digits(image_size, train_subset)
-    elif name == "fashion_mnist":
-        src = _fashion_mnist(data_dir, image_size, train_subset)
-    elif name in ("cifar10", "cifar100"):
-        src = _cifar(name, data_dir, image_size, train_subset)
-    elif name == "imagenet2012":
-        src = _imagenet(data_dir, image_size, train_subset, seed, input_context)
-    else:
-        src = _synthetic(image_size, num_classes, synthetic_examples, seed)
+    src = loader(
+        Request(
+            name,
+            data_dir,
+            image_size,
+            train_subset,
+            seed,
+            input_context,
+            num_classes,
+            synthetic_examples,
+        )
+    )
 
     batch_size = global_batch_size
     num_pipelines = 1

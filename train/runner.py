@@ -1,6 +1,5 @@
 """Runs the configured stages: strategy, data, model, optimizer, fit, outputs."""
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -12,7 +11,7 @@ import larq as lq
 import tensorflow as tf
 
 from larq_nobn import zoo
-from larq_nobn.train import data, outputs, recipe, teachers
+from larq_nobn.train import data, options, outputs, recipe, teachers
 from larq_nobn.train.config import IMAGENET, Config, ConfigError
 from larq_nobn.zoo import torch_weights
 
@@ -322,8 +321,8 @@ class Run:
                 f"{finished.get('test_accuracy')}); choose another --model_dir"
             )
         saved = outputs.read_json(os.path.join(config.model_dir, "config.json"))
-        if saved is not None and saved != self.config_json():
-            changed = sorted(k for k, v in self.config_json().items() if saved.get(k) != v)
+        changed = [] if saved is None else options.changed(saved, config)
+        if changed:
             raise ConfigError(
                 f"{config.model_dir} holds an unfinished run with other flags "
                 f"({', '.join(changed)}); rerun it with the same flags or choose another "
@@ -349,11 +348,8 @@ class Run:
             self.init_weights = self.read_weights(stage, config.init_from, "--init_from")
 
     def config_json(self) -> dict:
-        return {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self.config).items()
-            if k != "verbose"
-        }
+        """config.json: every option's value (`options.to_json`)."""
+        return options.to_json(self.config)
 
     def run(self) -> dict:
         config = self.config

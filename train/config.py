@@ -6,6 +6,8 @@ value. Nothing here imports TensorFlow.
 """
 
 import dataclasses
+import importlib.util
+import json
 import os
 
 from larq_nobn import zoo
@@ -106,6 +108,29 @@ class _Resolution:
         elif self.init_from and not _checkpoint_exists(self.init_from):
             raise ConfigError(f"--init_from {self.init_from} does not exist")
 
+    def check_files(self) -> None:
+        """The checks that read files but need no TensorFlow; raises ConfigError.
+
+        --export_tflite needs larq-compute-engine; --model_dir must not hold a finished run,
+        nor an unfinished one of other flags (`options.changed`).
+        """
+        if self.export_tflite and importlib.util.find_spec("larq_compute_engine") is None:
+            raise ConfigError("--export_tflite needs larq-compute-engine: pip install -e '.[lce]'")
+        finished = _read_json(os.path.join(self.model_dir, "metrics.json"))
+        if finished is not None:
+            raise ConfigError(
+                f"{self.model_dir} already holds a finished run (test_accuracy "
+                f"{finished.get('test_accuracy')}); choose another --model_dir"
+            )
+        saved = _read_json(os.path.join(self.model_dir, "config.json"))
+        changed = [] if saved is None else options.changed(saved, self)
+        if changed:
+            raise ConfigError(
+                f"{self.model_dir} holds an unfinished run with other flags "
+                f"({', '.join(changed)}); rerun it with the same flags or choose another "
+                "--model_dir"
+            )
+
     def weight_decay_for(self, stage: int) -> float:
         if self.weight_decay is not None:
             return self.weight_decay
@@ -130,6 +155,13 @@ Config = dataclasses.make_dataclass(
     "Config", options.dataclass_fields(), bases=(_Resolution,), frozen=True
 )
 Config.__module__ = __name__
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _checkpoint_exists(path: str) -> bool:

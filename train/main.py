@@ -38,8 +38,9 @@ def config_from_flags() -> Config:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         return fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        config = config_from_flags()  # before TensorFlow is imported
+    try:  # the checks that need no TensorFlow, before it is imported
+        config = config_from_flags()
+        config.check_files()
     except ConfigError as error:
         return fail(str(error))
     return train(config)

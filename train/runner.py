@@ -1,6 +1,5 @@
 """Runs the configured stages: strategy, data, model, optimizer, fit, outputs."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -312,22 +311,7 @@ class Run:
     def preflight(self) -> None:
         """Every check that can fail on bad input, before --model_dir is touched."""
         config = self.config
-        if config.export_tflite and importlib.util.find_spec("larq_compute_engine") is None:
-            raise ConfigError("--export_tflite needs larq-compute-engine: pip install -e '.[lce]'")
-        finished = outputs.read_json(os.path.join(config.model_dir, "metrics.json"))
-        if finished is not None:
-            raise ConfigError(
-                f"{config.model_dir} already holds a finished run (test_accuracy "
-                f"{finished.get('test_accuracy')}); choose another --model_dir"
-            )
-        saved = outputs.read_json(os.path.join(config.model_dir, "config.json"))
-        changed = [] if saved is None else options.changed(saved, config)
-        if changed:
-            raise ConfigError(
-                f"{config.model_dir} holds an unfinished run with other flags "
-                f"({', '.join(changed)}); rerun it with the same flags or choose another "
-                "--model_dir"
-            )
+        config.check_files()  # also checked before TensorFlow is imported (main)
         size = self.info.image_shape[0]
         if config.is_application and size < teachers.MIN_SIZE:
             raise ConfigError(

@@ -68,9 +68,11 @@ def __getattr__(name: str):
 
         with tensorflow_noise_filtered():  # CUDA plugin registration lines on CPU machines
             import tensorflow  # noqa: F401
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
+    # All at once, as an eager import would: every Keras class (and alias such as
+    # "weight_standardization") is registered from the first use of any of them.
+    for public, module in _LAZY.items():
+        globals()[public] = getattr(importlib.import_module(f"{__name__}.{module}"), public)
+    return globals()[name]
 
 
 __version__ = "0.1.0"

@@ -1,20 +1,22 @@
 """Names a user gives by string, and what they stand for: one `Registry` per kind.
 
 One registration style for everything named by string. The zoo's models
-(`larq_nobn.zoo.MODELS`), the Keras applications a run may train or distill from
+(`larq_nobn.zoo.MODELS`), the Keras applications a run trains or distills from
 (`larq_nobn.train.catalog.APPLICATIONS`) and the datasets (`larq_nobn.train.catalog.DATASETS`)
 are each a `Registry`: `register(name, target)` (also a decorator), `names()`, `get(name)`.
 A target may be given lazily as `"module:attribute"`, so that listing or checking names
 imports nothing heavy (the training program checks its flags before TensorFlow is
 imported); `get` imports it. An unknown name is always an `UnknownNameError` (a
-`ValueError`) with the message `unknown {kind} {name!r}; valid names: a, b, c`. Keras
-objects (layers, quantizers, constraints, optimizers, schedules, losses) are not in a
-`Registry`: they are registered for Keras serialization with
-`tf.keras.utils.register_keras_serializable(package="larq_nobn")` (see `keras_serializable`,
-in the modules that define them), plus `larq.utils.register_alias` where larq resolves a
-string quantizer or constraint (`kernel_quantizer="magnitude_aware_ste_sign"`).
+`ValueError`) with the one-line message `unknown {kind} {name!r}; valid names: a, b, c`.
+Keras classes (layers, quantizers, constraints, optimizers, schedules, losses, of the
+library and of the training program alike) are registered for Keras serialization by
+`keras_serializable`, as `larq_nobn>{class name}`, with the names older versions saved them
+under as aliases (files saved by them still load); `larq.utils.register_alias` is used
+only where larq resolves a string identifier (`kernel_quantizer="magnitude_aware_ste_sign"`,
+`kernel_constraint="weight_standardization"`).
 
-This module imports nothing but the standard library.
+This module imports nothing but the standard library (`keras_serializable`'s decorator
+imports TensorFlow when it is applied, to a Keras class).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+#: The package of every Keras class of larq-nobn in Keras' serialization registry.
+KERAS_PACKAGE = "larq_nobn"
 
 
 def unknown_name_message(kind: str, name: object, valid: Iterable[str]) -> str:
@@ -156,3 +161,35 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, names={list(self._entries)})"
+
+
+def keras_serializable(*aliases: str) -> Callable[[type], type]:
+    """Registers a Keras class for serialization, as `larq_nobn>{class name}`.
+
+    The one style for the Keras objects of larq-nobn and its training program (layers,
+    quantizers, constraints, optimizers, schedules, losses): saved models and optimizers
+    load without `custom_objects`.
+
+    ```python
+    @keras_serializable("larq_nobn_train>LinearDecay")  # its name in older files
+    class LinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule): ...
+    ```
+
+    Args:
+        *aliases: Names the class was registered under before (`ScaledWSConv2D`,
+            `larq_nobn_train>LinearDecay`): files saved with them still load.
+
+    Returns:
+        The decorator, which returns the class.
+    """
+
+    def decorator(cls: type) -> type:
+        import tensorflow as tf  # the class is a Keras one: TensorFlow is imported
+
+        tf.keras.utils.register_keras_serializable(package=KERAS_PACKAGE)(cls)
+        custom_objects = tf.keras.utils.get_custom_objects()
+        for alias in aliases:
+            custom_objects[alias] = cls
+        return cls
+
+    return decorator

@@ -7,6 +7,7 @@ Numbers come from the reference scripts of "BNN - BN = ?" (VITA-Group/BNN_NoBN,
 import tensorflow as tf
 
 import larq_nobn
+from larq_nobn.registry import keras_serializable
 from larq_nobn.train.hyperparameters import (  # noqa: F401  (recipe.X, as before)
     ADAM_EPSILON,
     AGC_CLIP,
@@ -27,7 +28,7 @@ from larq_nobn.train.hyperparameters import (  # noqa: F401  (recipe.X, as befor
 )
 
 
-@tf.keras.utils.register_keras_serializable(package="larq_nobn_train")
+@keras_serializable("larq_nobn_train>LinearDecay")  # its name in older files
 class LinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
     """`initial * (1 - step / total_steps)`, reaching 0 at the end of the run (per step).
 
@@ -98,7 +99,7 @@ def full_precision_optimizer(
     return sgd
 
 
-@tf.keras.utils.register_keras_serializable(package="larq_nobn_train")
+@keras_serializable("larq_nobn_train>SparseSmoothedCrossEntropy")  # in older files
 class SparseSmoothedCrossEntropy(tf.keras.losses.Loss):
     """Cross-entropy with label smoothing on integer labels and logits."""
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 import tensorflow as tf
 from tf_keras.src.applications import convnext as _convnext  # its unregistered layers
 
+from larq_nobn.registry import keras_serializable
 from larq_nobn.train import catalog
 from larq_nobn.train.catalog import Application
 
@@ -95,7 +96,7 @@ def _fetch_weights(app: Application, include_top: bool) -> None:
         ) from err
 
 
-@tf.keras.utils.register_keras_serializable(package="larq_nobn")
+@keras_serializable()
 class ApplicationInput(tf.keras.layers.Layer):
     """Turns student-normalized images into the input a Keras application expects.
 

@@ -112,6 +112,7 @@ class Option:
         return list(value) if isinstance(value, tuple) else value
 
     def annotation(self) -> Any:
+        """The field's type (`X | None` where the default is None)."""
         kind = tuple[int, ...] if self.type is tuple else self.type
         return kind if self.default is not None else kind | None
 

@@ -34,24 +34,95 @@ def _check_keras_2() -> None:
 
 _check_keras_2()
 
-if "tensorflow" not in sys.modules:
-    from larq_nobn.quiet import tensorflow_noise_filtered
+# The public names, imported on first use (PEP 562): `import larq_nobn` itself imports no
+# TensorFlow, so that a program can check its input before paying for it.
+_LAZY = {
+    "WeightStandardization": "constraints",
+    "QuantConv2D": "conv",
+    "conv2d": "conv",
+    "conv_gradients": "conv",
+    "set_conv_gradients": "conv",
+    "LearnableBias": "layers",
+    "ScaledWSConv2D": "layers",
+    "ScaledWSQuantConv2D": "layers",
+    "AGC": "optimizers",
+    "AdaptiveGradientClipping": "optimizers",
+    "TorchAdam": "optimizers",
+    "MagnitudeAwareSteSign": "quantizers",
+    "BlockStatistics": "spp",
+    "signal_propagation": "spp",
+    "scaled_standardize": "unitwise",
+    "scaled_ws_kernel": "unitwise",
+    "standardize": "unitwise",
+    "unitwise_norm": "unitwise",
+}
 
-    with tensorflow_noise_filtered():  # CUDA plugin registration lines on CPU machines
-        import tensorflow  # noqa: F401
 
-from larq_nobn.constraints import WeightStandardization  # noqa: E402
-from larq_nobn.conv import QuantConv2D, conv2d, conv_gradients, set_conv_gradients  # noqa: E402
-from larq_nobn.layers import LearnableBias, ScaledWSConv2D, ScaledWSQuantConv2D  # noqa: E402
-from larq_nobn.optimizers import AGC, AdaptiveGradientClipping, TorchAdam  # noqa: E402
-from larq_nobn.quantizers import MagnitudeAwareSteSign  # noqa: E402
-from larq_nobn.spp import BlockStatistics, signal_propagation  # noqa: E402
-from larq_nobn.unitwise import (  # noqa: E402
-    scaled_standardize,
-    scaled_ws_kernel,
-    standardize,
-    unitwise_norm,
+_SUBMODULES = frozenset(
+    ("constraints", "conv", "export", "layers", "optimizers", "quantizers", "quiet")
+    + ("registry", "spp", "spp_plot", "unitwise")
 )
+
+
+def _load_public_names() -> None:
+    """Imports every public name at once, as an eager import would: every Keras class (and
+    alias such as "weight_standardization") is registered from then on."""
+    import importlib
+
+    if "tensorflow" not in sys.modules:
+        from larq_nobn.quiet import tensorflow_noise_filtered
+
+        with tensorflow_noise_filtered():  # CUDA plugin registration lines on CPU machines
+            import tensorflow  # noqa: F401
+    for public, module in _LAZY.items():
+        globals()[public] = getattr(importlib.import_module(f"{__name__}.{module}"), public)
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _load_public_names()
+    return globals()[name]
+
+
+class _RegisterWhenTensorFlowLoads:
+    """A one-shot import hook: once TensorFlow is imported, by whoever imports it, the
+    public names are loaded, so that `import larq_nobn` followed by
+    `tf.keras.models.load_model(path)` finds larq_nobn's classes registered, as it did when
+    `import larq_nobn` imported them itself."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            sys.modules[fullname] = module  # as the import system would, before the names load
+            try:
+                _load_public_names()
+            except Exception:  # noqa: BLE001 - raised again, with its message, on first use
+                pass
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if "tensorflow" in sys.modules:  # its cost is paid already: register now
+    _load_public_names()
+else:
+    sys.meta_path.insert(0, _RegisterWhenTensorFlowLoads())
+
 
 __version__ = "0.1.0"
 

@@ -3,11 +3,12 @@
 import tensorflow as tf
 from larq import utils as lq_utils
 
+from larq_nobn.registry import keras_serializable
 from larq_nobn.unitwise import standardize
 
 
 @lq_utils.register_alias("weight_standardization")
-@lq_utils.register_keras_custom_object
+@keras_serializable("WeightStandardization")  # the name older files give it
 class WeightStandardization(tf.keras.constraints.Constraint):
     """Projects a kernel to zero mean and unit variance per output unit after each update.
 

@@ -37,6 +37,8 @@ from collections.abc import Iterator, Sequence
 import larq as lq
 import tensorflow as tf
 
+from larq_nobn.registry import keras_serializable
+
 MODES = ("auto", "forward", "tensorflow")
 _mode = "auto"
 
@@ -342,7 +344,7 @@ class FastGradientConv:
         return conv2d(inputs, tf.convert_to_tensor(kernel), self.strides, self.padding.upper())
 
 
-@tf.keras.utils.register_keras_serializable(package="larq_nobn")
+@keras_serializable()
 class QuantConv2D(FastGradientConv, lq.layers.QuantConv2D):
     """larq's `QuantConv2D` with the gradients of `larq_nobn.conv.conv2d`.
 

@@ -5,11 +5,11 @@ import math
 
 import larq as lq
 import tensorflow as tf
-from larq import utils as lq_utils
 
 from larq_nobn import quiet
 from larq_nobn.conv import FastGradientConv
 from larq_nobn.quantizers import MagnitudeAwareSteSign
+from larq_nobn.registry import keras_serializable
 from larq_nobn.unitwise import scaled_standardize, scaled_ws_kernel
 
 
@@ -63,7 +63,7 @@ class _StandardizedKernel:
         return kernel * tf.cast(gain, kernel.dtype)
 
 
-@lq_utils.register_keras_custom_object
+@keras_serializable("ScaledWSQuantConv2D")  # the name older files give it
 class ScaledWSQuantConv2D(FastGradientConv, lq.layers.QuantConv2D):
     """A larq `QuantConv2D` whose latent kernel is scaled-weight-standardized.
 
@@ -232,7 +232,7 @@ class ScaledWSQuantConv2D(FastGradientConv, lq.layers.QuantConv2D):
         }
 
 
-@lq_utils.register_keras_custom_object
+@keras_serializable("ScaledWSConv2D")  # the name older files give it
 class ScaledWSConv2D(ScaledWSQuantConv2D):
     """Full-precision `Conv2D` with scaled weight standardization and a per-channel gain.
 
@@ -338,7 +338,7 @@ class ScaledWSConv2D(ScaledWSQuantConv2D):
         return config
 
 
-@lq_utils.register_keras_custom_object
+@keras_serializable("LearnableBias")  # the name older files give it
 class LearnableBias(tf.keras.layers.Layer):
     """A learnable per-channel shift, ReActNet's "move" layer: `outputs = inputs + bias`.
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
+from larq_nobn.registry import keras_serializable
 from larq_nobn.unitwise import UNITS, unitwise_norm
 
 ExcludeType = None | str | Sequence[str] | Callable[[tf.Variable], bool]
@@ -147,7 +148,7 @@ def _inner_attribute(name: str, doc: str) -> property:
     return property(get, set, doc=doc)
 
 
-@tf.keras.utils.register_keras_serializable(package="larq_nobn")
+@keras_serializable()
 class AdaptiveGradientClipping(
     tf.__internal__.tracking.DelegatingTrackableMixin, tf.keras.optimizers.Optimizer
 ):
@@ -377,7 +378,7 @@ class AdaptiveGradientClipping(
 AGC = AdaptiveGradientClipping
 
 
-@tf.keras.utils.register_keras_serializable(package="larq_nobn")
+@keras_serializable()
 class TorchAdam(tf.keras.optimizers.Adam):
     """Adam as `torch.optim.Adam` computes it, for reproducing PyTorch recipes.
 

@@ -4,6 +4,7 @@ import larq as lq
 import tensorflow as tf
 from larq import utils as lq_utils
 
+from larq_nobn.registry import keras_serializable
 from larq_nobn.unitwise import unit_mean
 
 
@@ -26,7 +27,7 @@ def magnitude_aware_ste_sign(x: tf.Tensor, clip_value: float = 1.0) -> tf.Tensor
 
 
 @lq_utils.register_alias("magnitude_aware_ste_sign")
-@lq_utils.register_keras_custom_object
+@keras_serializable("MagnitudeAwareSteSign")  # the name older files give it
 class MagnitudeAwareSteSign(lq.quantizers._BaseQuantizer):
     r"""Magnitude-aware sign with a plain straight-through gradient.
 

@@ -1,14 +1,24 @@
-"""The resolved configuration of a training run, validated before anything is written."""
+"""The resolved configuration of a training run, validated before anything is written.
+
+`Config` has one field per option of `options.OPTIONS` (its default that option's);
+`Config.resolved` fills in the defaults that depend on other options and checks every
+value. Nothing here imports TensorFlow.
+"""
 
 import dataclasses
+import importlib.util
+import json
 import os
 
 from larq_nobn import zoo
-from larq_nobn.train import data, recipe, teachers
-from larq_nobn.zoo import torch_weights
-
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-MIXED_PRECISION = ("float32", "mixed_float16", "mixed_bfloat16")
+from larq_nobn.train import catalog, options
+from larq_nobn.train import hyperparameters as recipe
+from larq_nobn.train.options import (  # noqa: F401  (config.X, as before)
+    IMAGENET,
+    MIXED_PRECISION,
+    STRATEGIES,
+    ConfigError,
+)
 
 # Per-dataset defaults for --epochs and --batch_size. The real datasets use the paper's
 # recipe (256 epochs of batch 256, both stages); the embedded digits are sized so the
@@ -23,57 +33,19 @@ DATASET_DEFAULTS = {
 }
 
 
-# --init_from value that starts a Keras application from its published ImageNet weights.
-IMAGENET = "imagenet"
-
-
-class ConfigError(ValueError):
-    """A bad flag or flag combination (one user-facing line)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    model: str = "reactnet_nobn"
-    dataset: str = "digits"
-    model_dir: str | None = None
-    data_dir: str | None = None
-    stages: tuple[int, ...] | None = None  # None: both for a zoo model, 1 for an application
-    epochs: int | None = None  # per stage
-    batch_size: int | None = None  # global
-    learning_rate: float | None = None  # None: the recipe's, per model kind
-    weight_decay: float | None = None  # None: the recipe's, per model kind and stage
-    agc_clip: float = recipe.AGC_CLIP
-    loss: str = "ce"
-    teacher: str | None = None
-    init_from: str | None = None
-    seed: int = 0
-    train_subset: int | None = None
-    image_size: int | None = None
-    stem: str = "imagenet"
-    strategy: str = "auto"
-    mixed_precision: str = "float32"
-    jit_compile: bool = False
-    export_tflite: bool = False
-    verbose: int = 1
+class _Resolution:
+    """What `Config` does beyond holding the options' values (see `options.OPTIONS`)."""
 
     @property
     def is_application(self) -> bool:
         """The model is a full-precision Keras application (a teacher), not a zoo BNN."""
-        return teachers.is_application(self.model)
+        return self.model in catalog.APPLICATIONS
 
     def resolved(self) -> "Config":
         """Fills in per-dataset defaults and checks every value; raises ConfigError."""
-        if self.model not in zoo.MODEL_NAMES and not teachers.is_application(self.model):
-            raise ConfigError(
-                f"unknown --model {self.model!r}; valid: {', '.join(zoo.MODEL_NAMES)}, "
-                f"or a Keras application: {', '.join(teachers.APPLICATION_NAMES)}"
-            )
-        if self.dataset not in data.DATASET_NAMES:
-            raise ConfigError(
-                f"unknown --dataset {self.dataset!r}; valid: {', '.join(data.DATASET_NAMES)}"
-            )
+        self._check_options("model", "dataset")
         defaults = DATASET_DEFAULTS[self.dataset]
-        application = teachers.is_application(self.model)
+        application = self.is_application
         if self.learning_rate is not None:
             learning_rate = self.learning_rate
         elif application:  # the linear scaling rule (Goyal et al. 2017)
@@ -97,31 +69,23 @@ class Config:
         config._check()
         return config
 
+    def _check_options(self, *names: str) -> None:
+        """Each option's own check (`options.Option.check`), of `names` or of all."""
+        for option in options.OPTIONS:
+            if names and option.name not in names:
+                continue
+            problem = option.problem(getattr(self, option.name))
+            if problem:
+                raise ConfigError(problem)
+
     def _check(self) -> None:
-        positive = dict(
-            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate
-        )
-        for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"--{name} must be positive, got {value}")
-        for name in ("train_subset", "image_size"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"--{name} must be positive, got {value}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ConfigError(f"--weight_decay must be >= 0, got {self.weight_decay}")
-        if self.agc_clip < 0:
-            raise ConfigError(f"--agc_clip must be >= 0 (0 disables AGC), got {self.agc_clip}")
-        if not self.stages or any(s not in zoo.STAGES for s in self.stages):
-            raise ConfigError(f"--stages must be 1, 2 or 1,2, got {self.stages}")
+        self._check_options()
         if list(self.stages) != sorted(set(self.stages)):
             raise ConfigError(f"--stages must be increasing, got {self.stages}")
         if self.is_application and self.stages != (1,):
             raise ConfigError(
                 f"--model {self.model} is full precision and trains in one stage: --stages 1"
             )
-        if self.loss not in recipe.LOSSES:
-            raise ConfigError(f"unknown --loss {self.loss!r}; valid: {', '.join(recipe.LOSSES)}")
         if self.loss == "kd" and not self.teacher:
             raise ConfigError(
                 "--loss kd needs --teacher (a saved Keras model or a Keras application name)"
@@ -129,11 +93,11 @@ class Config:
         if self.teacher and self.loss != "kd":
             raise ConfigError(f"--teacher is used by --loss kd only, got --loss {self.loss}")
         if self.teacher and not (
-            teachers.is_application(self.teacher) or _checkpoint_exists(self.teacher)
+            self.teacher in catalog.APPLICATIONS or _checkpoint_exists(self.teacher)
         ):
             raise ConfigError(
                 f"--teacher {self.teacher} is neither a saved model (no such file) nor a "
-                f"Keras application: {', '.join(teachers.APPLICATION_NAMES)}"
+                f"Keras application: {', '.join(catalog.APPLICATIONS.names())}"
             )
         if self.init_from == IMAGENET:
             if not self.is_application:
@@ -143,16 +107,28 @@ class Config:
                 )
         elif self.init_from and not _checkpoint_exists(self.init_from):
             raise ConfigError(f"--init_from {self.init_from} does not exist")
-        if self.stem not in ("imagenet", "cifar"):
-            raise ConfigError(f"--stem must be imagenet or cifar, got {self.stem!r}")
-        if self.strategy not in STRATEGIES:
+
+    def check_files(self) -> None:
+        """The checks that read files but need no TensorFlow; raises ConfigError.
+
+        --export_tflite needs larq-compute-engine; --model_dir must not hold a finished run,
+        nor an unfinished one of other flags (`options.changed`).
+        """
+        if self.export_tflite and importlib.util.find_spec("larq_compute_engine") is None:
+            raise ConfigError("--export_tflite needs larq-compute-engine: pip install -e '.[lce]'")
+        finished = _read_json(os.path.join(self.model_dir, "metrics.json"))
+        if finished is not None:
             raise ConfigError(
-                f"unknown --strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}"
+                f"{self.model_dir} already holds a finished run (test_accuracy "
+                f"{finished.get('test_accuracy')}); choose another --model_dir"
             )
-        if self.mixed_precision not in MIXED_PRECISION:
+        saved = _read_json(os.path.join(self.model_dir, "config.json"))
+        changed = [] if saved is None else options.changed(saved, self)
+        if changed:
             raise ConfigError(
-                f"unknown --mixed_precision {self.mixed_precision!r}; "
-                f"valid: {', '.join(MIXED_PRECISION)}"
+                f"{self.model_dir} holds an unfinished run with other flags "
+                f"({', '.join(changed)}); rerun it with the same flags or choose another "
+                "--model_dir"
             )
 
     def weight_decay_for(self, stage: int) -> float:
@@ -163,6 +139,8 @@ class Config:
         return recipe.WEIGHT_DECAY[stage]
 
     def model_kwargs(self) -> dict:
+        from larq_nobn.zoo import torch_weights  # imports TensorFlow
+
         kwargs = {}
         if not self.is_application and zoo.backbone(self.model) == "reactnet18":
             kwargs["stem"] = self.stem
@@ -170,6 +148,20 @@ class Config:
             # PyTorch weights (the reference's, ReActNet's) need PyTorch's padding.
             kwargs["padding"] = "torch"
         return kwargs
+
+
+#: The resolved configuration of a run: one field per option of `options.OPTIONS`.
+Config = dataclasses.make_dataclass(
+    "Config", options.dataclass_fields(), bases=(_Resolution,), frozen=True
+)
+Config.__module__ = __name__
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _checkpoint_exists(path: str) -> bool:

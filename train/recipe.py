@@ -7,33 +7,28 @@ Numbers come from the reference scripts of "BNN - BN = ?" (VITA-Group/BNN_NoBN,
 import tensorflow as tf
 
 import larq_nobn
-
-LEARNING_RATE = 5e-4
-ADAM_EPSILON = 1e-8  # torch's default (Keras' is 1e-7)
-WEIGHT_DECAY = {1: 1e-5, 2: 0.0}  # per stage
-AGC_CLIP = 0.02
-AGC_EPS = 1e-3
-AGC_EXCLUDE = r"^fc/"  # the final classifier is never clipped
-# AGC's unit per parameter follows the reference's PyTorch layout, which differs from the
-# Keras one for two kinds: a gain is (C, 1, 1, 1) there (each channel clipped on its own),
-# a PReLU slope (C,) (one vector). Kernels (per output channel), LearnableBias and BN
-# vectors (whole) get the same units from the default rule.
-AGC_UNITS = {r"/gain:\d+$": "element", r"/alpha:\d+$": "tensor"}
-# The reference decays every parameter that is 4-D in its layout (conv kernels, gains,
-# LearnableBias shifts), not PReLU slopes, BN's gamma and beta, nor the classifier.
-DECAY_EXCLUDE = (r"/alpha:\d+$", r"/gamma:\d+$", r"/beta:\d+$", r"^fc/")
-# Full-precision Keras applications (teachers): a standard ImageNet-style SGD recipe.
-FULL_PRECISION_LEARNING_RATE = 0.1  # from scratch, for batch 256 (scaled linearly)
-FINE_TUNE_LEARNING_RATE = 0.01  # from ImageNet weights (--init_from imagenet), batch 256
-FULL_PRECISION_MOMENTUM = 0.9  # Nesterov
-FULL_PRECISION_WEIGHT_DECAY = 1e-4
-FULL_PRECISION_DECAY_EXCLUDE = (r"/gamma:\d+$", r"/beta:\d+$", r"/bias:\d+$")  # BN, biases
-LABEL_SMOOTHING = 0.1
-BATCH_SIZE = 256
-LOSSES = ("ce", "ls", "kd")
+from larq_nobn.registry import keras_serializable
+from larq_nobn.train.hyperparameters import (  # noqa: F401  (recipe.X, as before)
+    ADAM_EPSILON,
+    AGC_CLIP,
+    AGC_EPS,
+    AGC_EXCLUDE,
+    AGC_UNITS,
+    BATCH_SIZE,
+    DECAY_EXCLUDE,
+    FINE_TUNE_LEARNING_RATE,
+    FULL_PRECISION_DECAY_EXCLUDE,
+    FULL_PRECISION_LEARNING_RATE,
+    FULL_PRECISION_MOMENTUM,
+    FULL_PRECISION_WEIGHT_DECAY,
+    LABEL_SMOOTHING,
+    LEARNING_RATE,
+    LOSSES,
+    WEIGHT_DECAY,
+)
 
 
-@tf.keras.utils.register_keras_serializable(package="larq_nobn_train")
+@keras_serializable("larq_nobn_train>LinearDecay")  # its name in older files
 class LinearDecay(tf.keras.optimizers.schedules.LearningRateSchedule):
     """`initial * (1 - step / total_steps)`, reaching 0 at the end of the run (per step).
 
@@ -104,7 +99,7 @@ def full_precision_optimizer(
     return sgd
 
 
-@tf.keras.utils.register_keras_serializable(package="larq_nobn_train")
+@keras_serializable("larq_nobn_train>SparseSmoothedCrossEntropy")  # in older files
 class SparseSmoothedCrossEntropy(tf.keras.losses.Loss):
     """Cross-entropy with label smoothing on integer labels and logits."""
 

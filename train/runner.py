@@ -1,7 +1,5 @@
 """Runs the configured stages: strategy, data, model, optimizer, fit, outputs."""
 
-import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -12,7 +10,7 @@ import larq as lq
 import tensorflow as tf
 
 from larq_nobn import zoo
-from larq_nobn.train import data, outputs, recipe, teachers
+from larq_nobn.train import data, options, outputs, recipe, teachers
 from larq_nobn.train.config import IMAGENET, Config, ConfigError
 from larq_nobn.zoo import torch_weights
 
@@ -313,22 +311,7 @@ class Run:
     def preflight(self) -> None:
         """Every check that can fail on bad input, before --model_dir is touched."""
         config = self.config
-        if config.export_tflite and importlib.util.find_spec("larq_compute_engine") is None:
-            raise ConfigError("--export_tflite needs larq-compute-engine: pip install -e '.[lce]'")
-        finished = outputs.read_json(os.path.join(config.model_dir, "metrics.json"))
-        if finished is not None:
-            raise ConfigError(
-                f"{config.model_dir} already holds a finished run (test_accuracy "
-                f"{finished.get('test_accuracy')}); choose another --model_dir"
-            )
-        saved = outputs.read_json(os.path.join(config.model_dir, "config.json"))
-        if saved is not None and saved != self.config_json():
-            changed = sorted(k for k, v in self.config_json().items() if saved.get(k) != v)
-            raise ConfigError(
-                f"{config.model_dir} holds an unfinished run with other flags "
-                f"({', '.join(changed)}); rerun it with the same flags or choose another "
-                "--model_dir"
-            )
+        config.check_files()  # also checked before TensorFlow is imported (main)
         size = self.info.image_shape[0]
         if config.is_application and size < teachers.MIN_SIZE:
             raise ConfigError(
@@ -349,11 +332,8 @@ class Run:
             self.init_weights = self.read_weights(stage, config.init_from, "--init_from")
 
     def config_json(self) -> dict:
-        return {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self.config).items()
-            if k != "verbose"
-        }
+        """config.json: every option's value (`options.to_json`)."""
+        return options.to_json(self.config)
 
     def run(self) -> dict:
         config = self.config

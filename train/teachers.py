@@ -12,13 +12,16 @@ before building the model.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 from tf_keras.src.applications import convnext as _convnext  # its unregistered layers
+
+from larq_nobn.registry import keras_serializable
+from larq_nobn.train import catalog
+from larq_nobn.train.catalog import Application
 
 MIN_SIZE = 32  # the smallest input side every listed application accepts
 IMAGENET_CLASSES = 1000
@@ -26,96 +29,13 @@ IMAGENET_CLASSES = 1000
 # thousands of steps to forget their initial values: a short teacher run then evaluates
 # with statistics that are not its network's).
 BN_MOMENTUM = 0.9
-_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
-# How tf_keras names the weight files: `{model name}{"" or "_notop"}`, per module.
-_RESNET_FILE = "{}_weights_tf_dim_ordering_tf_kernels{}.h5"
-_PLAIN_FILE = "{}{}.h5"
 
 
-@dataclasses.dataclass(frozen=True)
-class Application:
-    """A Keras application usable as a teacher.
-
-    Args:
-        constructor: The `tf.keras.applications` function building the model.
-        preprocess_input: Its module's `preprocess_input` (maps RGB in [0, 255] to the
-            model's input).
-        size: Native ImageNet resolution (side of the square input).
-        top1: Published ImageNet top-1 accuracy in percent (Keras applications table).
-        keras_name: The model name tf_keras gives it, which also names its weight files.
-        weights_url: The folder URL tf_keras downloads its weight files from.
-        file_pattern: Weight file name pattern, formatted with `keras_name` and the
-            `"_notop"` suffix (empty with the ImageNet head).
-        build_kwargs: Extra constructor arguments.
-    """
-
-    constructor: Callable[..., tf.keras.Model]
-    preprocess_input: Callable[[tf.Tensor], tf.Tensor]
-    size: int
-    top1: float
-    keras_name: str
-    weights_url: str
-    file_pattern: str
-    build_kwargs: Mapping[str, object] = dataclasses.field(default_factory=dict)
-
-    def weights_file(self, include_top: bool) -> str:
-        """The name of the ImageNet weight file, with or without the ImageNet head."""
-        return self.file_pattern.format(self.keras_name, "" if include_top else "_notop")
-
-
-def _registry() -> dict[str, Application]:
-    apps = tf.keras.applications
-
-    def resnet(constructor, module, keras_name, top1):
-        return Application(
-            constructor,
-            module.preprocess_input,
-            224,
-            top1,
-            keras_name,
-            _WEIGHTS_URL + "resnet/",
-            _RESNET_FILE,
-        )
-
-    def included(constructor, module, folder, keras_name, size, top1):
-        # The model rescales 0..255 RGB itself; the module's preprocess_input is identity.
-        return Application(
-            constructor,
-            module.preprocess_input,
-            size,
-            top1,
-            keras_name,
-            _WEIGHTS_URL + folder,
-            _PLAIN_FILE,
-            {"include_preprocessing": True},
-        )
-
-    effv2, convnext = apps.efficientnet_v2, apps.convnext
-    return {
-        "resnet50": resnet(apps.ResNet50, apps.resnet, "resnet50", 74.9),
-        "resnet101": resnet(apps.ResNet101, apps.resnet, "resnet101", 76.4),
-        "resnet152": resnet(apps.ResNet152, apps.resnet, "resnet152", 76.6),
-        "resnet50v2": resnet(apps.ResNet50V2, apps.resnet_v2, "resnet50v2", 76.0),
-        "efficientnetv2_b0": included(
-            apps.EfficientNetV2B0, effv2, "efficientnet_v2/", "efficientnetv2-b0", 224, 78.7
-        ),
-        "efficientnetv2_s": included(
-            apps.EfficientNetV2S, effv2, "efficientnet_v2/", "efficientnetv2-s", 384, 83.9
-        ),
-        "efficientnetv2_m": included(
-            apps.EfficientNetV2M, effv2, "efficientnet_v2/", "efficientnetv2-m", 480, 85.3
-        ),
-        "convnext_tiny": included(
-            apps.ConvNeXtTiny, convnext, "convnext/", "convnext_tiny", 224, 81.3
-        ),
-        "convnext_base": included(
-            apps.ConvNeXtBase, convnext, "convnext/", "convnext_base", 224, 85.3
-        ),
-    }
-
-
-APPLICATIONS: Mapping[str, Application] = types.MappingProxyType(_registry())
-APPLICATION_NAMES: tuple[str, ...] = tuple(APPLICATIONS)
+#: The applications by name (`catalog.APPLICATIONS`, a `Registry`, as a mapping).
+APPLICATIONS: Mapping[str, Application] = types.MappingProxyType(
+    {name: catalog.APPLICATIONS.get(name) for name in catalog.APPLICATIONS}
+)
+APPLICATION_NAMES: tuple[str, ...] = catalog.APPLICATIONS.names()
 #: What `tf.keras.models.load_model` needs for a saved ConvNeXt teacher: tf_keras does not
 #: register these two layers of its ConvNeXt, so such a file fails to load without them.
 CUSTOM_OBJECTS: Mapping[str, type] = types.MappingProxyType(
@@ -129,20 +49,16 @@ class WeightsUnavailableError(RuntimeError):
 
 def is_application(name: str) -> bool:
     """Whether `name` is one of `APPLICATION_NAMES`."""
-    return name in APPLICATIONS
+    return name in catalog.APPLICATIONS
 
 
 def get_application(name: str) -> Application:
     """The registry entry of `name`.
 
     Raises:
-        ValueError: `name` is not one of `APPLICATION_NAMES`.
+        UnknownNameError: `name` is not one of `APPLICATION_NAMES` (a `ValueError`).
     """
-    if name not in APPLICATIONS:
-        raise ValueError(
-            f"Unknown application {name!r}; valid names: {', '.join(APPLICATION_NAMES)}"
-        )
-    return APPLICATIONS[name]
+    return catalog.APPLICATIONS.get(name)
 
 
 def _check_size(size: int) -> None:
@@ -180,7 +96,7 @@ def _fetch_weights(app: Application, include_top: bool) -> None:
         ) from err
 
 
-@tf.keras.utils.register_keras_serializable(package="larq_nobn")
+@keras_serializable()
 class ApplicationInput(tf.keras.layers.Layer):
     """Turns student-normalized images into the input a Keras application expects.
 

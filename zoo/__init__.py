@@ -9,45 +9,69 @@ stats = larq_nobn.signal_propagation(model, images, **zoo.signal_propagation_lay
 ```
 """
 
-import larq_nobn  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
+from __future__ import annotations
 
-# isort: split
-import functools
+import importlib
 import os
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
+from larq_nobn.registry import Registry
+from larq_nobn.zoo.variants import NORMS, PADDINGS, STAGES, STEMS
 
-from larq_nobn.zoo import torch_weights
-from larq_nobn.zoo.blocks import NORMS, PADDINGS, STAGES
-from larq_nobn.zoo.reactnet18 import ReActNet18
-from larq_nobn.zoo.reactnet_a import ReActNetA
-from larq_nobn.zoo.spp import signal_propagation_layers, transition_blocks
+if TYPE_CHECKING:
+    import tensorflow as tf
 
-_REGISTRY: dict[str, Callable[..., tf.keras.Model]] = {}
+    from larq_nobn.zoo.reactnet18 import ReActNet18
+    from larq_nobn.zoo.reactnet_a import ReActNetA
+
+# The builders behind the registry names, by backbone ("module:attribute", imported on use:
+# the names are listed and checked without TensorFlow).
+_BACKBONES = {
+    "reactnet_a": "larq_nobn.zoo.reactnet_a:ReActNetA",
+    "reactnet18": "larq_nobn.zoo.reactnet18:ReActNet18",
+}
+MODELS = Registry("model")
 for _norm in NORMS:
-    _REGISTRY[f"reactnet_a_{_norm}"] = functools.partial(ReActNetA, norm=_norm)
-    _REGISTRY[f"reactnet18_{_norm}"] = functools.partial(ReActNet18, norm=_norm)
-    _REGISTRY[f"reactnet_{_norm}"] = _REGISTRY[f"reactnet_a_{_norm}"]  # short alias
+    MODELS.register(f"reactnet_a_{_norm}", _BACKBONES["reactnet_a"], norm=_norm)
+    MODELS.register(f"reactnet18_{_norm}", _BACKBONES["reactnet18"], norm=_norm)
+    MODELS.register(f"reactnet_{_norm}", _BACKBONES["reactnet_a"], norm=_norm)  # short alias
 
-MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+MODEL_NAMES: tuple[str, ...] = MODELS.names()
 
 
 def get_model(name: str, **kwargs) -> tf.keras.Model:
     """Builds the zoo model registered as `name` with the factory's keyword arguments.
 
     Raises:
-        ValueError: for an unknown name; the message lists the valid ones.
+        UnknownNameError: for an unknown name (a `ValueError`); the message lists the
+            valid ones.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}.")
-    return _REGISTRY[name](**kwargs)
+    return MODELS.get(name)(**kwargs)
 
 
 def backbone(name: str) -> str:
-    """ "reactnet_a" or "reactnet18": the architecture behind a registry name."""
-    get_model_factory = _REGISTRY[name]
-    return "reactnet18" if get_model_factory.func is ReActNet18 else "reactnet_a"
+    """ "reactnet_a" or "reactnet18": the architecture behind a registry name.
+
+    Raises:
+        UnknownNameError: for an unknown name, as `get_model`.
+    """
+    target = MODELS.entry(name).target
+    return next(key for key, value in _BACKBONES.items() if value == target)
+
+
+def __getattr__(name: str):
+    # The builders and the checkpoint reader import TensorFlow: on first use only.
+    lazy = {
+        "ReActNet18": "reactnet18",
+        "ReActNetA": "reactnet_a",
+        "signal_propagation_layers": "spp",
+        "transition_blocks": "spp",
+        "torch_weights": None,
+    }
+    if name not in lazy:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{lazy[name] or name}")
+    return module if lazy[name] is None else getattr(module, name)
 
 
 def from_torch(
@@ -79,12 +103,12 @@ def from_torch(
         ImportError: torch is not installed (`pip install 'larq-nobn[torch]'`).
         TorchWeightsError: one line naming a missing, extra or misshapen tensor.
     """
+    from larq_nobn.zoo import torch_weights
+
     state = torch_weights.read_state_dict(path)
     found = torch_weights.describe(state)
     name = found.pop("model")
     if model is not None:
-        if model not in _REGISTRY:
-            raise ValueError(f"Unknown model {model!r}; valid names: {', '.join(MODEL_NAMES)}.")
         if backbone(model) != backbone(name):
             found.pop("stem", None)
         name = model
@@ -94,10 +118,12 @@ def from_torch(
 
 
 __all__ = [
+    "MODELS",
     "MODEL_NAMES",
     "NORMS",
     "PADDINGS",
     "STAGES",
+    "STEMS",
     "ReActNet18",
     "ReActNetA",
     "backbone",

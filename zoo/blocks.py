@@ -13,10 +13,7 @@ from larq_zoo.core import utils as zoo_utils
 
 import larq_nobn
 from larq_nobn.zoo import torch_weights
-
-NORMS = ("bn", "nobn", "none")
-STAGES = (1, 2)
-PADDINGS = ("keras", "torch")
+from larq_nobn.zoo.variants import NORMS, PADDINGS, STAGES
 
 # The reference's defaults (VITA-Group/BNN_NoBN, models/*.py and layers.py).
 DEFAULT_ALPHA = 0.2

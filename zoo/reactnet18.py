@@ -5,10 +5,10 @@ import dataclasses
 import tensorflow as tf
 
 from larq_nobn.zoo import blocks
+from larq_nobn.zoo.variants import STEMS
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = 4
-STEMS = ("imagenet", "cifar")
 
 
 @dataclasses.dataclass(frozen=True)

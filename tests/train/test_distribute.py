@@ -208,15 +208,15 @@ def marked_dir(tmp_path):
     return str(model_dir)
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--strategy=parameter_server"], "unknown --strategy 'parameter_server'"),
-        (["--mixed_precision=float16"], "unknown --mixed_precision 'float16'"),
-        # conftest gives this process 2 logical CPU devices: 3 examples cannot be split.
-        (["--strategy=mirrored", "--batch_size=3"], "does not divide across 2 replicas"),
-    ],
-)
+BAD_INPUTS = [
+    (["--strategy=parameter_server"], "unknown --strategy 'parameter_server'"),
+    (["--mixed_precision=float16"], "unknown --mixed_precision 'float16'"),
+    # conftest gives this process 2 logical CPU devices: 3 examples cannot be split.
+    (["--strategy=mirrored", "--batch_size=3"], "does not divide across 2 replicas"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_INPUTS)
 def test_bad_input_is_one_line_and_exit_2(flags, message, marked_dir, capsys):
     before = snapshot(marked_dir)
     assert run_main(*TINY, "--epochs=1", f"--model_dir={marked_dir}", *flags) == 2

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from larq_nobn import zoo
-from larq_nobn.train import data
+from larq_nobn.train import data, options
 from larq_nobn.train import main as main_mod
 from tests.train.program import run_main, snapshot
 
@@ -210,6 +211,83 @@ def test_command_line_exit_code_and_error_line(tmp_path, command):
     assert not model_dir.exists()
 
 
+# The bad inputs that need no TensorFlow to be refused (the others need the data's shape,
+# a strategy's replicas or a model): refused before it is imported.
+BEFORE_TENSORFLOW = {
+    "model",
+    "dataset",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "stages",
+    "stages_order",
+    "stages_text",
+    "loss",
+    "stem",
+    "kd_no_teacher",
+    "missing_teacher",
+    "unknown_teacher_name",
+    "teacher_without_kd",
+    "imagenet_weights_for_a_zoo_model",
+    "application_in_two_stages",
+    "missing_init_from",
+    "finished",
+    "other_flags",
+}
+ANSWER_SECONDS = 1.5  # a generous bound: about 0.3 s on 2 idle cores, TensorFlow's import 7 s
+
+
+def test_bad_flags_answer_at_once(tmp_path):
+    """Every bad input that needs no TensorFlow is one line with exit code 2 in well under
+    TensorFlow's import time: the program checks its flags before importing it."""
+    from tests.train.test_distribute import BAD_INPUTS
+
+    cases = [(id_, flags, files) for id_, flags, _, files in _bad_inputs()]
+    cases = [case for case in cases if case[0] in BEFORE_TENSORFLOW]
+    cases += [(flags[0], flags, {}) for flags, message in BAD_INPUTS if "unknown" in message]
+    assert len(cases) == len(BEFORE_TENSORFLOW) + 2
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    slow = {}
+    for id_, flags, files in cases:
+        model_dir = tmp_path / id_.strip("-=") / "out"
+        model_dir.mkdir(parents=True)
+        for name, text in files.items():
+            (model_dir / name).write_text(text)
+        flags = [f.format(tmp=tmp_path) for f in flags]
+        start = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "train/main.py", *FAST, *flags, f"--model_dir={model_dir}"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        seconds = time.perf_counter() - start
+        assert result.returncode == 2, (id_, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (id_, lines)
+        if seconds >= ANSWER_SECONDS:
+            slow[id_] = round(seconds, 2)
+    assert not slow, slow
+
+
+def test_flags_are_checked_without_tensorflow():
+    code = (
+        "import sys\n"
+        "from larq_nobn.train import main\n"
+        "main.FLAGS(['main.py', '--model=nope'])\n"
+        "code = main.main(['main.py'])\n"
+        "assert 'tensorflow' not in sys.modules, 'imported TensorFlow'\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: unknown --model 'nope'")
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -260,6 +338,16 @@ def test_trained_run_outputs(trained):
     assert len(events) >= 2  # train and validation
     assert os.path.isfile(os.path.join(stage, "model.keras"))
     assert os.path.isfile(os.path.join(stage, "metrics.json"))
+
+
+def test_config_json_holds_every_flag(trained):
+    with open(os.path.join(trained, "config.json")) as f:
+        saved = json.load(f)
+    flag_names = {flag.name for flag in main_mod.FLAGS.get_flags_for_module(options)}
+    assert set(saved) == flag_names == {option.name for option in options.OPTIONS}
+    # TRAINED's flags, and the defaults of the others.
+    assert saved["verbose"] == 0 and saved["stem"] == "cifar" and saved["stages"] == [1]
+    assert saved["deterministic"] is False and saved["seed"] == 0
 
 
 def test_saved_model_reproduces_test_accuracy(trained):

@@ -12,10 +12,10 @@ each with a `source(request)`; what they share is in `source` (the request, the 
 errors, subsets, TFDS), `augment` (image transforms) and `pipeline` (the tf.data assembly).
 """
 
-from collections.abc import Callable
-
 import tensorflow as tf
 
+from larq_nobn.registry import UnknownNameError
+from larq_nobn.train.catalog import DATASETS
 from larq_nobn.train.data import cifar, digits, fashion_mnist, imagenet, synthetic
 from larq_nobn.train.data.cifar import CIFAR_STATS
 from larq_nobn.train.data.digits import DIGITS_TEST_EXAMPLES
@@ -45,16 +45,11 @@ from larq_nobn.train.data.source import (
     check_positive,
 )
 
-#: The datasets by name: each name's source (the one table of them).
-_SOURCES: dict[str, Callable[[Request], Source]] = {
-    "digits": digits.source,
-    "fashion_mnist": fashion_mnist.source,
-    "cifar10": cifar.source,
-    "cifar100": cifar.source,
-    "imagenet2012": imagenet.source,
-    "synthetic": synthetic.source,
-}
-DATASET_NAMES: tuple[str, ...] = tuple(_SOURCES)
+DATASET_NAMES: tuple[str, ...] = DATASETS.names()
+
+
+class UnknownDatasetError(UnknownNameError, DatasetError):
+    """A dataset name that `catalog.DATASETS` (the one table of the datasets) does not hold."""
 
 
 def load(
@@ -86,8 +81,10 @@ def load(
     """
     if first_epoch < 0 or epochs <= 0:
         raise ValueError(f"need first_epoch >= 0 and epochs > 0, got {first_epoch}, {epochs}")
-    if name not in _SOURCES:
-        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    try:
+        source = DATASETS.get(name)  # the family module's `source(request)`
+    except UnknownNameError as error:
+        raise UnknownDatasetError(error.kind, name, error.valid) from None
     check_positive("global_batch_size", global_batch_size)
     check_positive("image_size", image_size)
     check_positive("train_subset", train_subset)
@@ -103,7 +100,7 @@ def load(
     )
     return assemble(
         name,
-        _SOURCES[name](request),
+        source(request),
         global_batch_size=global_batch_size,
         seed=seed,
         input_context=input_context,
@@ -114,6 +111,13 @@ def load(
 
 
 __all__ = [
+    # The family modules, each with its `source(request)` (what `catalog.DATASETS` names).
+    "cifar",
+    "digits",
+    "fashion_mnist",
+    "imagenet",
+    "synthetic",
+    "Source",
     "AUTOTUNE",
     "CIFAR_STATS",
     "DATASET_NAMES",
@@ -129,6 +133,7 @@ __all__ = [
     "LIGHTING_EIGVEC",
     "DatasetError",
     "DatasetInfo",
+    "UnknownDatasetError",
     "Request",
     "decode_center_crop",
     "decode_random_resized_crop",

@@ -116,7 +116,8 @@ def config_from_flags() -> Config:
     ).resolved()
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], **run_options) -> int:
+    """The program: `run_options` go to `runner.Run` (extra callbacks, e.g. a test's)."""
     if len(argv) > 1:
         return fail(f"unexpected arguments: {' '.join(argv[1:])}")
     import tensorflow as tf
@@ -132,7 +133,7 @@ def main(argv: list[str]) -> int:
             tf.keras.utils.set_random_seed(config.seed)
             if FLAGS.deterministic:
                 make_deterministic()
-            program = Run(config)
+            program = Run(config, **run_options)
         program.run()
     except (ConfigError, data.DatasetError) as error:
         return fail(str(error))
@@ -159,8 +160,8 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
-def run() -> None:
-    """The `larq-nobn-train` command."""
+def run(**run_options) -> None:
+    """The `larq-nobn-train` command; `run_options` as for `main`."""
     # absl's start-up (its init callbacks) initializes TensorFlow's devices: on a CPU
     # machine, cuInit's error. Filtered until `main` starts; from there output is live.
     with contextlib.ExitStack() as startup:
@@ -168,7 +169,7 @@ def run() -> None:
 
         def main_after_startup(argv: list[str]) -> int:
             startup.close()
-            return main(argv)
+            return main(argv, **run_options)
 
         app.run(main_after_startup)
 

@@ -35,7 +35,8 @@ def config_from_flags() -> Config:
     return Config(**options.from_flags(FLAGS)).resolved()
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], **run_options) -> int:
+    """The program: `run_options` go to `runner.Run` (extra callbacks, e.g. a test's)."""
     if len(argv) > 1:
         return fail(f"unexpected arguments: {' '.join(argv[1:])}")
     try:  # the checks that need no TensorFlow, before it is imported
@@ -43,11 +44,11 @@ def main(argv: list[str]) -> int:
         config.check_files()
     except ConfigError as error:
         return fail(str(error))
-    return train(config)
+    return train(config, **run_options)
 
 
-def train(config: Config) -> int:
-    """Runs `config` (imports TensorFlow); the exit code."""
+def train(config: Config, **run_options) -> int:
+    """Runs `config` (imports TensorFlow); the exit code. `run_options` as for `main`."""
     # Set-up without TensorFlow's noise (cuInit on CPU machines, CPU features, ...);
     # everything else it writes, and errors, still show.
     with quiet.tensorflow_noise_filtered():
@@ -66,7 +67,7 @@ def train(config: Config) -> int:
             tf.keras.utils.set_random_seed(config.seed)
             if config.deterministic:
                 make_deterministic()
-            program = Run(config)
+            program = Run(config, **run_options)
         program.run()
     except (ConfigError, data.DatasetError) as error:
         return fail(str(error))
@@ -93,8 +94,8 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
-def run() -> None:
-    """The `larq-nobn-train` command."""
+def run(**run_options) -> None:
+    """The `larq-nobn-train` command; `run_options` as for `main`."""
     # absl's start-up (its init callbacks) initializes TensorFlow's devices: on a CPU
     # machine, cuInit's error. Filtered until `main` starts; from there output is live.
     with contextlib.ExitStack() as startup:
@@ -102,7 +103,7 @@ def run() -> None:
 
         def main_after_startup(argv: list[str]) -> int:
             startup.close()
-            return main(argv)
+            return main(argv, **run_options)
 
         app.run(main_after_startup)
 

@@ -1,4 +1,5 @@
-"""What a run leaves in --model_dir: checkpoints, per-epoch history, metrics, curves."""
+"""What a run leaves in --model_dir: checkpoints, per-epoch history, metrics, curves, the
+TFLite model."""
 
 import csv
 import hashlib
@@ -192,3 +193,14 @@ def plot_curves(histories: dict[int, list[dict]], path: str) -> None:
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def export_tflite(student: tf.keras.Model, path: str) -> None:
+    """The final model as a larq-compute-engine flatbuffer (WS folded into the kernels)."""
+    from larq_nobn import export
+
+    flatbuffer = export.convert(student)
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+    counts = export.op_counts(flatbuffer)
+    print(f"TFLite model: {path} ({counts['LceBconv2d']} binary convolutions)")

@@ -7,9 +7,13 @@
 """
 
 import dataclasses
+import os
 
 import tensorflow as tf
-from larq_zoo.core import utils as zoo_utils
+
+# Keras 2's own: larq-zoo's input helpers import Keras 3 (`keras.applications`) for this one
+# function, which costs every process that builds a model seconds of start-up.
+from tf_keras.src.applications.imagenet_utils import obtain_input_shape
 
 import larq_nobn
 from larq_nobn.zoo import torch_weights
@@ -198,7 +202,7 @@ def rprelu(x: tf.Tensor, name: str) -> tf.Tensor:
 
 def classifier(x: tf.Tensor, num_classes: int) -> tf.Tensor:
     """Global average pool and the full-precision final dense layer (named "fc")."""
-    x = zoo_utils.global_pool(x)
+    x = global_pool(x)
     fan_in = x.shape[-1]
     return tf.keras.layers.Dense(
         num_classes,
@@ -209,6 +213,17 @@ def classifier(x: tf.Tensor, num_classes: int) -> tf.Tensor:
     )(x)
 
 
+def global_pool(x: tf.Tensor) -> tf.Tensor:
+    """Global average pooling as larq-zoo does it: an `AveragePooling2D` over the whole map,
+    then `Flatten` (faster than `GlobalAveragePooling2D` in larq-compute-engine), or
+    `GlobalAveragePooling2D` where the map's size is not known."""
+    size = x.shape[1:3]
+    if None in size:
+        return tf.keras.layers.GlobalAveragePooling2D()(x)
+    x = tf.keras.layers.AveragePooling2D(pool_size=tuple(size))(x)
+    return tf.keras.layers.Flatten()(x)
+
+
 def resolve_padding(padding: str | None, weights: str | None) -> str:
     """`padding`, or by default "torch" for PyTorch weights and "keras" otherwise."""
     if padding is not None:
@@ -217,7 +232,8 @@ def resolve_padding(padding: str | None, weights: str | None) -> str:
 
 
 def model_inputs(input_shape, input_tensor, weights, include_top, num_classes, size: int):
-    """larq-zoo's input handling; `weights` is None or a path (no pretrained downloads)."""
+    """larq-zoo's input handling (its checks and messages); `weights` is None or a path (no
+    pretrained downloads)."""
     if weights == "imagenet":
         raise ValueError(
             "No pretrained weights are published in Keras format: pass `weights=None`, "
@@ -226,8 +242,25 @@ def model_inputs(input_shape, input_tensor, weights, include_top, num_classes, s
         )
     if input_shape is None and input_tensor is None:
         input_shape = (size, size, 3)
-    input_shape = zoo_utils.validate_input(input_shape, weights, include_top, num_classes)
-    return zoo_utils.get_input_layer(input_shape, input_tensor)
+    if not (weights is None or os.path.exists(weights)):
+        raise ValueError(
+            "The `weights` argument should be either `None` (random initialization), "
+            "`imagenet` (pre-training on ImageNet), or the path to the weights file "
+            "to be loaded."
+        )
+    input_shape = obtain_input_shape(
+        input_shape,
+        default_size=224,
+        min_size=0,
+        data_format=tf.keras.backend.image_data_format(),
+        require_flatten=include_top,
+        weights=weights,
+    )
+    if input_tensor is None:
+        return tf.keras.layers.Input(shape=input_shape)
+    if not tf.keras.backend.is_keras_tensor(input_tensor):
+        return tf.keras.layers.Input(tensor=input_tensor, shape=input_shape)
+    return input_tensor
 
 
 def check_divisible(inputs: tf.Tensor, factor: int, model: str) -> None:

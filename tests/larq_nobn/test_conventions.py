@@ -15,7 +15,7 @@ import larq_nobn
 from larq_nobn import AGC, AdaptiveGradientClipping, TorchAdam
 from larq_nobn.train import recipe
 from tests.larq_nobn import distributed_steps
-from tests.train import test_distribute
+from tests.train import program
 
 # ----------------------------------------------------------------------------------------
 # Optimizers: config, serialization, model files without custom_objects
@@ -512,9 +512,9 @@ def test_two_cpu_mirrored_matches_one_device(one_device_weights, how):
 def test_two_workers_match_one_device(one_device_weights, tmp_path):
     """A 2x1 MultiWorkerMirroredStrategy of real processes on 127.0.0.1."""
     output = str(tmp_path / "weights")
-    script = os.path.relpath(distributed_steps.__file__, test_distribute.REPO)
-    workers = test_distribute.start_cluster(tmp_path, [[output]] * 2, "worker", script)
-    logs = test_distribute.finish_cluster(tmp_path, workers, "worker")
+    script = os.path.relpath(distributed_steps.__file__, program.REPO)
+    workers = program.start_cluster(tmp_path, [[output]] * 2, "worker", script)
+    logs = program.finish_cluster(tmp_path, workers, "worker")
     assert [worker.returncode for worker in workers] == [0, 0], logs
     count = len(one_device_weights["fit"])
     for index in range(2):

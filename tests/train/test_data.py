@@ -2,25 +2,13 @@
 
 import gzip
 import struct
-import sys
-import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from larq_nobn.train import data
-
-
-def _mock_data(num_examples: int):
-    """``tfds.testing.mock_data``; tfds.testing imports ``dill`` only for pickling tests."""
-    try:
-        import dill  # noqa: F401
-    except ImportError:
-        sys.modules.setdefault("dill", types.ModuleType("dill"))
-    import tensorflow_datasets as tfds
-
-    return tfds.testing.mock_data(num_examples=num_examples)
+from tests.train.program import mock_data
 
 
 def _raw_tfds(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -284,7 +272,7 @@ def test_read_idx_rejects_garbage(tmp_path):
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_mock(name):
     mean, std = (np.array(v, np.float32) for v in data.CIFAR_STATS[name])
-    with _mock_data(num_examples=8):
+    with mock_data(num_examples=8):
         raw_test, raw_test_labels = _raw_tfds(name, "test")
         raw_train, _ = _raw_tfds(name, "train")
         train, test, info = data.load(name, global_batch_size=4, seed=1)
@@ -312,7 +300,7 @@ def test_cifar_mock(name):
 
 def test_imagenet_mock():
     mean, std = np.array(data.IMAGENET_MEAN), np.array(data.IMAGENET_STD)
-    with _mock_data(num_examples=6):
+    with mock_data(num_examples=6):
         train, test, info = data.load("imagenet2012", global_batch_size=3, image_size=64, seed=0)
         x_train, y_train = _collect(train)
         x_test, y_test = _collect(test)

@@ -8,14 +8,10 @@ multi-worker cluster, or a run killed with SIGKILL and resumed.
 The runs use ReActNet-18 (no BN) with the CIFAR stem on 8x8 digits, the cheapest zoo model.
 """
 
-import csv
 import json
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -27,15 +23,27 @@ import larq_nobn
 from larq_nobn.train import main as main_mod
 from larq_nobn.train import outputs, runner
 from larq_nobn.train.config import Config
-from tests.train.program import run_main, snapshot
+from tests.train import faulty_program
+from tests.train.program import (
+    FAULTY_PROGRAM,
+    SUBPROCESS_TIMEOUT,
+    digest_line,
+    error_line,
+    finish,
+    finish_cluster,
+    history_epochs,
+    optimizer_iterations,
+    read_history,
+    run_main,
+    snapshot,
+    start_cluster,
+    start_program,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PROGRAM = os.path.join("train", "main.py")
 MODEL = ["--model=reactnet18_nobn", "--stem=cifar", "--image_size=8"]
 # A few optimizer steps on a fixed subset of the digits, fully reproducible.
 TINY = [*MODEL, "--dataset=digits", "--stages=1", "--train_subset=64", "--batch_size=16"]
 TINY += ["--deterministic", "--seed=3", "--verbose=0"]
-SUBPROCESS_TIMEOUT = 300
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -59,27 +67,9 @@ def files_under(directory) -> set[str]:
     }
 
 
-def error_line(capsys) -> str:
-    """The only line written to stderr, which must be an `error: ...` line."""
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: ")
-    return lines[0]
-
-
 def saved_weights(model_dir) -> list[np.ndarray]:
     path = os.path.join(model_dir, "model.keras")
     return tf.keras.models.load_model(path, compile=False).get_weights()
-
-
-def history_epochs(stage_dir) -> list[int]:
-    with open(os.path.join(stage_dir, "history.csv"), newline="") as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
-
-
-def read_history(stage_dir) -> list[dict]:
-    with open(os.path.join(stage_dir, "history.csv"), newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def checkpoint_tensors(path) -> dict[str, np.ndarray]:
@@ -89,55 +79,6 @@ def checkpoint_tensors(path) -> dict[str, np.ndarray]:
         for name in reader.get_variable_to_shape_map()
         if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
     }
-
-
-def program_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", runner.TEST_FAULT_ENV)}
-    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def start_program(args, log_path, script=PROGRAM, **env) -> subprocess.Popen:
-    """`python script args` (by default the training program) in the background, from the
-    repository's root, stdout and stderr into `log_path`."""
-    log = open(log_path, "w")
-    return subprocess.Popen(
-        [sys.executable, script, *args],
-        cwd=REPO,
-        env=program_env(**env),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def finish(process: subprocess.Popen, log_path) -> str:
-    """Waits for `process` (killing it on timeout) and returns its output."""
-    try:
-        process.wait(timeout=SUBPROCESS_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    with open(log_path) as f:
-        return f.read()
-
-
-def digest_line(output: str) -> str:
-    (line,) = [line for line in output.splitlines() if line.startswith("final weights sha256 ")]
-    return line.split()[-1]
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 # ----------------------------------------------------------------------------- 1. mirrored
@@ -254,11 +195,11 @@ def test_multi_worker_without_usable_tf_config(tf_config_value, marked_dir, caps
 # ----------------------------------------------------------------------------- 5. NaN
 
 
-def test_nan_stops_with_exit_1_and_a_loadable_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+def test_nan_stops_with_exit_1_and_a_loadable_last_good_checkpoint(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
-    monkeypatch.setenv(runner.TEST_FAULT_ENV, "nan_at_epoch:2")
-    code = run_main(*TINY, "--epochs=2", "--strategy=one_device", f"--model_dir={model_dir}")
-    assert code == 1
+    nan = faulty_program.NanAtEpoch(2)
+    args = [*TINY, "--epochs=2", "--strategy=one_device", f"--model_dir={model_dir}"]
+    assert run_main(*args, callbacks=lambda stage: [nan]) == 1
     line = error_line(capsys)
     assert "NaN" in line and "epoch 2" in line
     checkpoint = line.split("last good checkpoint is ")[-1]
@@ -274,9 +215,7 @@ def test_nan_stops_with_exit_1_and_a_loadable_last_good_checkpoint(tmp_path, cap
     # model: rerun without the fault, the run resumes after epoch 1 and finishes.
     assert history_epochs(os.path.join(model_dir, "stage1")) == [1]
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
-    monkeypatch.delenv(runner.TEST_FAULT_ENV)
-    code = run_main(*TINY, "--epochs=2", "--strategy=one_device", f"--model_dir={model_dir}")
-    assert code == 0
+    assert run_main(*args) == 0
     assert "Resuming stage 1 after epoch 1" in capsys.readouterr().out
     assert history_epochs(os.path.join(model_dir, "stage1")) == [1, 2]
 
@@ -305,7 +244,7 @@ def test_mixed_bfloat16_trains_on_cpu_with_a_float32_classifier(tmp_path):
 def test_mixed_float16_wraps_agc_in_a_loss_scale_optimizer():
     """The loss scale optimizer unscales the gradients before AGC sees them."""
     config = tiny_config(epochs=1, mixed_precision="mixed_float16")
-    model, student = runner.Run(config).build(1)
+    model, student = runner.Run(config).models.build(1)
     assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
     agc = model.optimizer.inner_optimizer
     assert isinstance(agc, larq_nobn.AGC)
@@ -375,12 +314,6 @@ def test_a_kill_between_history_and_checkpoint_neither_repeats_nor_skips(tmp_pat
 # ----------------------------------------------------------------------------- 3. resume
 
 
-def optimizer_iterations(model_dir, stage: int = 1) -> int:
-    """The optimizer steps a finished stage took."""
-    with open(os.path.join(model_dir, f"stage{stage}", "metrics.json")) as f:
-        return json.load(f)["steps"]
-
-
 def _checkpoint_being_written(model_dir) -> bool:
     """A checkpoint write is under way: its shards' temporary directory exists."""
     for stage in ("stage1", "stage2"):
@@ -404,49 +337,33 @@ def _run_state(model_dir) -> dict[str, bool]:
     }
 
 
-def _kill_moments(model_dir: str) -> list[tuple[str, object]]:
-    """(moment, trigger) in the order a run reaches them; a trigger is a delay in seconds
-    after the start, or a predicate polled until it holds."""
-
-    def exists(*parts):
-        return lambda: os.path.exists(os.path.join(model_dir, *parts))
-
-    return [
-        ("start-up", 1.0),
-        ("checkpoint write", lambda: _checkpoint_being_written(model_dir)),
-        ("stage-1 epoch 2", exists("stage1", "checkpoints", "checkpoint")),
-        ("stage handoff", exists("stage1", "metrics.json")),
-        ("stage-2 epoch 2", exists("stage2", "checkpoints", "checkpoint")),
-    ]
-
-
 def test_sigkill_at_every_moment_then_rerun_ends_with_the_uninterrupted_weights(tmp_path):
     """One two-stage run killed with SIGKILL during start-up, during a checkpoint write,
     inside a stage-1 epoch, at the stage handoff and inside a stage-2 epoch, rerun after
     each kill, ends with the weights of an uninterrupted run, bit for bit, and each
-    stage's history holds every epoch once."""
+    stage's history holds every epoch once.
+
+    Each kill is the program's own, at that exact moment (see faulty_program.KILLS): no
+    polling, no race with the run.
+    """
     args = [*MODEL, "--dataset=digits", "--stages=1,2", "--train_subset=64", "--batch_size=16"]
     args += ["--epochs=2", "--deterministic", "--seed=3", "--verbose=0"]
     whole = start_program([*args, f"--model_dir={tmp_path / 'whole'}"], tmp_path / "whole.log")
     killed = str(tmp_path / "killed")
-    hit = []
-    for attempt, (moment, trigger) in enumerate(_kill_moments(killed)):
+    states = {}  # where each kill landed: the state of --model_dir it left
+    for attempt, moment in enumerate(faulty_program.KILLS):
         log_path = tmp_path / f"attempt{attempt}.log"
-        victim = start_program([*args, f"--model_dir={killed}"], log_path)
-        started, deadline = time.time(), time.time() + SUBPROCESS_TIMEOUT
-        while victim.poll() is None and time.time() < deadline:
-            due = time.time() - started >= trigger if isinstance(trigger, float) else trigger()
-            if due:
-                victim.send_signal(signal.SIGKILL)
-                hit.append((moment, _run_state(killed)))
-                print(f"killed in {moment} {time.time() - started:.2f} s after its start")
-                break
-            time.sleep(0.005)
+        victim = start_program([moment, *args, f"--model_dir={killed}"], log_path, FAULTY_PROGRAM)
         log = finish(victim, log_path)
         assert victim.returncode == -signal.SIGKILL, f"{moment}: not killed\n{log}"
-    # Where each kill landed (the state of --model_dir at the kill).
-    states = dict(hit)
-    assert list(states) == [m for m, _ in _kill_moments(killed)]
+        states[moment] = _run_state(killed)
+    assert list(states) == [
+        "start-up",
+        "checkpoint write",
+        "stage-1 epoch 2",
+        "stage handoff",
+        "stage-2 epoch 2",
+    ]
     assert not states["start-up"]["config"]  # before the run wrote anything
     assert states["checkpoint write"]["writing"]
     assert (
@@ -497,13 +414,13 @@ def _epoch_data(run: runner.Run, stage: int, epochs: int, initial_epoch: int = 0
     model = _LabelRecorder()
     model.compile(optimizer="sgd", run_eagerly=True)
     model.fit(
-        run.train_data(stage, initial_epoch),
+        run.feed.train_data(stage, initial_epoch),
         epochs=epochs,
         initial_epoch=initial_epoch,
-        steps_per_epoch=run.steps_per_epoch,
+        steps_per_epoch=run.feed.steps_per_epoch,
         verbose=0,
     )
-    steps = run.steps_per_epoch
+    steps = run.feed.steps_per_epoch
     return [
         np.concatenate(model.batches[i : i + steps]) for i in range(0, len(model.batches), steps)
     ]
@@ -533,28 +450,6 @@ def test_a_resumed_run_sees_the_data_of_an_uninterrupted_one():
 
 
 # ----------------------------------------------------------------------------- 2. workers
-
-
-def start_cluster(tmp_path, args_per_worker: list[list[str]], tag: str, script=PROGRAM) -> list:
-    """One `script` (by default `train/main.py`) process per worker of a fresh 127.0.0.1
-    cluster, each with its own TF_CONFIG and TMPDIR (where a non-chief's scratch goes);
-    logs `{tag}{index}.log`."""
-    ports = free_ports(len(args_per_worker))
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    workers = []
-    for index, args in enumerate(args_per_worker):
-        tmp = tmp_path / f"{tag}_tmp{index}"
-        tmp.mkdir()
-        tf_config_value = json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        )
-        log = tmp_path / f"{tag}{index}.log"
-        workers.append(start_program(args, log, script, TF_CONFIG=tf_config_value, TMPDIR=str(tmp)))
-    return workers
-
-
-def finish_cluster(tmp_path, workers, tag: str) -> list[str]:
-    return [finish(worker, tmp_path / f"{tag}{i}.log") for i, worker in enumerate(workers)]
 
 
 def test_two_workers_agree_and_only_the_chief_writes(tmp_path):

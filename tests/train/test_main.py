@@ -5,7 +5,6 @@ weights do not depend on the input size) so that each takes well under a minute 
 cores.
 """
 
-import csv
 import json
 import os
 import subprocess
@@ -20,9 +19,8 @@ import tensorflow as tf
 from larq_nobn import zoo
 from larq_nobn.train import data, options
 from larq_nobn.train import main as main_mod
-from tests.train.program import run_main, snapshot
+from tests.train.program import REPO, error_line, mock_data, read_history, run_main, snapshot
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = ["--model=reactnet18_nobn", "--stem=cifar"]
 # Validation must refuse these before anything runs; were it not to, they would train fast.
 FAST = [*MODEL, "--dataset=digits", "--stages=1", "--epochs=1", "--batch_size=32"]
@@ -30,14 +28,6 @@ FAST += ["--train_subset=64", "--image_size=8", "--verbose=0"]
 # The end-to-end run: learns the digits to ~0.8 test accuracy in 2 epochs (~50 s).
 TRAINED = [*MODEL, "--dataset=digits", "--stages=1", "--epochs=2", "--batch_size=32"]
 TRAINED += ["--train_subset=512", "--image_size=16", "--verbose=0"]
-
-
-def error_line(capsys) -> str:
-    """The only line written to stderr, which must be an `error: ...` line."""
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def model_weights(path: str) -> list[np.ndarray]:
@@ -52,11 +42,6 @@ def model_weights(path: str) -> list[np.ndarray]:
 def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     assert [x.shape for x in a] == [y.shape for y in b]
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
-
-
-def read_history(path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +301,7 @@ def test_trained_run_outputs(trained):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
     stage = os.path.join(trained, "stage1")
-    history = read_history(os.path.join(stage, "history.csv"))
+    history = read_history(stage)
     assert [int(row["epoch"]) for row in history] == [1, 2]
     for row in history:
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -399,7 +384,7 @@ def test_init_from_and_stage_two_start_from_stage_one(trained, tmp_path):
         stage_dir = os.path.join(model_dir, f"stage{stage}")
         assert os.path.isfile(os.path.join(stage_dir, "metrics.json"))
         assert not os.path.exists(os.path.join(stage_dir, "checkpoints"))  # finished
-        history = read_history(os.path.join(stage_dir, "history.csv"))
+        history = read_history(stage_dir)
         assert [int(row["epoch"]) for row in history] == [1]
     with open(os.path.join(model_dir, "metrics.json")) as f:
         metrics = json.load(f)
@@ -433,7 +418,7 @@ def test_a_teacher_trained_by_the_program_distills_a_student(tmp_path):
     student_dir = str(tmp_path / "student")
     flags = [*MODEL, *data_flags, "--stages=1", "--loss=kd", f"--teacher={teacher_file}"]
     assert run_main(*flags, f"--model_dir={student_dir}") == 0
-    history = read_history(os.path.join(student_dir, "stage1", "history.csv"))
+    history = read_history(os.path.join(student_dir, "stage1"))
     assert len(history) == 1 and np.isfinite(float(history[0]["loss"]))
     with open(os.path.join(student_dir, "metrics.json")) as f:
         assert json.load(f)["config"]["teacher"] == teacher_file
@@ -472,11 +457,9 @@ def test_imagenet_weights_offline_are_one_line_before_anything_is_written(
 def test_imagenet_weights_for_imagenet_itself_point_to_the_teacher(tmp_path, capsys):
     """Fine-tuning an application from its ImageNet weights on ImageNet would rebuild the
     published model: refused with a pointer to `--teacher`, before anything is written."""
-    from tests.train.test_data import _mock_data
-
     capsys.readouterr()
     flags = ["--model=resnet50", "--init_from=imagenet", "--dataset=imagenet2012"]
-    with _mock_data(num_examples=4):
+    with mock_data(num_examples=4):
         code = run_main(*flags, "--image_size=32", "--batch_size=2", f"--model_dir={tmp_path}/o")
     assert code == 2
     line = error_line(capsys)

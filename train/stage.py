@@ -1,0 +1,135 @@
+"""One stage of a run: its model built, resumed or started from given weights, fit,
+checked for NaN, evaluated and saved; or, if it finished earlier, read back."""
+
+import os
+from collections.abc import Callable, Sequence
+
+import larq as lq
+import tensorflow as tf
+
+from larq_nobn.train import outputs
+from larq_nobn.train.config import Config
+from larq_nobn.train.feed import Feed
+from larq_nobn.train.models import Models
+from larq_nobn.train.rundir import RunDirectory, TrainingError
+
+
+def read_finished(stage: int, done: dict, models: Models, directory: RunDirectory):
+    """(metrics, history, student) of a stage that finished earlier (`done`, its metrics)."""
+    stage_dir = directory.stage_dir(stage)
+    state = outputs.TrainingState(stage_dir, write=False)
+    student = models.student(stage)
+    path = os.path.join(stage_dir, "model.keras")
+    student.set_weights(models.read_weights(stage, path, "stage"))
+    print(f"\nStage {stage} finished earlier: test_accuracy {done['test_accuracy']:.4f}")
+    return done, state.history(), student
+
+
+class Stage:
+    """Trains one stage from where its checkpoints stopped, to its last epoch.
+
+    Args:
+        stage: the stage (1 or 2).
+        config: the run's configuration.
+        models: builds the stage's model.
+        feed: the run's data.
+        directory: the run's directory (checkpoints, outputs, the chief).
+        initial_weights: called when the stage starts from scratch (no checkpoint): the
+            weights to start from, or None for the model's initialization.
+        callbacks: extra Keras callbacks for the stage's fit, run before the program's own.
+    """
+
+    def __init__(
+        self,
+        stage: int,
+        config: Config,
+        models: Models,
+        feed: Feed,
+        directory: RunDirectory,
+        initial_weights: Callable[[], list | None],
+        callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+    ):
+        self.stage = stage
+        self.config = config
+        self.models = models
+        self.feed = feed
+        self.directory = directory
+        self.initial_weights = initial_weights
+        self.callbacks = list(callbacks)
+
+    def run(self):
+        """Builds, fits, evaluates and saves the stage: (metrics, history, student)."""
+        stage = self.stage
+        model, student = self.models.build(stage)
+        self._announce(student)
+        state = self.directory.training_state(stage)
+        initial_epoch = self._start(model, student, state)
+        if initial_epoch < self.config.epochs:
+            self._fit(model, state, initial_epoch)
+        if state.nan_epoch is not None:
+            raise TrainingError(
+                f"the loss became NaN or infinite in stage {stage}, epoch {state.nan_epoch}; "
+                f"the last good checkpoint is {state.latest_checkpoint}"
+            )
+        result, history = self._evaluate(model, state)
+        if self.directory.chief:
+            self.models.save_student(student, stage, self.directory.stage_dir(stage))
+        self.directory.finish_stage(stage, state, result)
+        print(f"Stage {stage}: test_accuracy {result['test_accuracy']:.4f}")
+        return result, history, student
+
+    def _announce(self, student: tf.keras.Model) -> None:
+        config, stage = self.config, self.stage
+        if config.is_application:
+            print(f"\nStage {stage}: full precision {config.model}")
+        else:
+            print(
+                f"\nStage {stage}: {'binary weights and' if stage == 2 else 'real weights,'} "
+                "binary activations"
+            )
+        lq.models.summary(student)
+
+    def _start(
+        self, model: tf.keras.Model, student: tf.keras.Model, state: outputs.TrainingState
+    ) -> int:
+        """Restores the newest checkpoint, or sets the initial weights: the epochs done."""
+        initial_epoch = state.attach(model)
+        self.directory.check_workers_agree(initial_epoch)
+        if initial_epoch == 0:
+            weights = self.initial_weights()
+            if weights is not None:
+                student.set_weights(weights)
+        else:
+            print(f"Resuming stage {self.stage} after epoch {initial_epoch} from {state.restored}")
+        return initial_epoch
+
+    def _fit(self, model: tf.keras.Model, state: outputs.TrainingState, initial_epoch: int) -> None:
+        config = self.config
+        callbacks = [*self.callbacks, state, tf.keras.callbacks.TerminateOnNaN()]
+        if self.directory.chief:
+            logs = os.path.join(self.directory.stage_dir(self.stage), "logs")
+            callbacks.append(tf.keras.callbacks.TensorBoard(logs, profile_batch=0))
+        model.fit(
+            self.feed.train_data(self.stage, initial_epoch),
+            epochs=config.epochs,
+            steps_per_epoch=self.feed.steps_per_epoch,
+            initial_epoch=initial_epoch,
+            validation_data=self.feed.test_ds,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+
+    def _evaluate(
+        self, model: tf.keras.Model, state: outputs.TrainingState
+    ) -> tuple[dict, list[dict]]:
+        """(metrics, history): test accuracy and loss, last train accuracy, epochs, steps."""
+        evaluation = model.evaluate(self.feed.test_ds, verbose=0, return_dict=True)
+        history = state.history()
+        result = {
+            "test_accuracy": float(evaluation["accuracy"]),
+            "test_loss": float(evaluation["loss"]),
+            "train_accuracy": history[-1].get("accuracy") if history else None,
+            "epochs": self.config.epochs,
+            "steps": int(model.optimizer.iterations.numpy()),
+        }
+        return result, history

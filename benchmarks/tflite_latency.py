@@ -9,8 +9,9 @@ rounds after one untimed round. Reported: the median latency per image, nobn/bn 
 count (goal <= 1.00), and how many of the Keras model's binary convolutions (binary input
 quantizer and kernel quantizer of precision 1) became `LceBconv2d` operators (goal 100 %).
 
-The default input is 224x224: at 32x32 ReActNet-A reaches 2x2 feature maps, where LCE has
-a known bug.
+The default input is 224x224. (At 32x32 and 64x64 ReActNet-A's last stage is 1x1 and 2x2,
+smaller than its 3x3 kernels, where `LceBconv2d` would pad with ones: `export.convert`
+rewrites those convolutions, `export.pad_small_binary_inputs_with_ones`.)
 
 `--compare padding` times one variant (`--norm`, default nobn) with the zoo's two
 paddings instead, `padding="torch"` (PyTorch's symmetric padding, for ported PyTorch

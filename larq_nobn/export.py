@@ -9,6 +9,7 @@ Needs the `lce` extra: `pip install larq-nobn[lce]`.
 """
 
 import collections
+import logging
 
 import larq as lq
 import numpy as np
@@ -76,10 +77,11 @@ def fold_weight_standardization(model: tf.keras.Model) -> tf.keras.Model:
 
 def _rebuild(model: tf.keras.Model, config: dict, weights: dict[str, list]) -> tf.keras.Model:
     """A model from an edited `config` of `model`, with `model`'s weights, except where
-    `weights` gives a layer's new ones."""
+    `weights` gives a layer's new ones (every layer `model` does not have needs them)."""
     with silence_starved_weights_warning():
         clone = tf.keras.Model.from_config(
-            config, custom_objects={"QuantConv2D": lq.layers.QuantConv2D}
+            config,
+            custom_objects={"QuantConv2D": lq.layers.QuantConv2D, "ConstantOffset": ConstantOffset},
         )
     for layer in clone.layers:
         if layer.name in weights:
@@ -87,6 +89,216 @@ def _rebuild(model: tf.keras.Model, config: dict, weights: dict[str, list]) -> t
         elif layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return clone
+
+
+@tf.keras.utils.register_keras_serializable("larq_nobn")
+class ConstantOffset(tf.keras.layers.Layer):
+    """Adds a constant tensor of the inputs' shape (batch axis excluded): `inputs + offset`.
+
+    The zero-padding correction of `pad_small_binary_inputs_with_ones`; its one weight is
+    not trainable.
+    """
+
+    def build(self, input_shape):
+        self.offset = self.add_weight(
+            name="offset", shape=tuple(input_shape[1:]), initializer="zeros", trainable=False
+        )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return inputs + tf.cast(self.offset, inputs.dtype)
+
+
+def _kernel_exceeds_binary_input(layer: tf.keras.layers.Layer) -> bool:
+    """Whether `layer` is a binary convolution with "same" zero padding whose (dilated)
+    kernel is larger than its input in height or width."""
+    if not isinstance(layer, lq.layers.QuantConv2D) or layer.padding != "same":
+        return False
+    if tf.is_tensor(layer.pad_values) or layer.pad_values != 0.0:
+        return False
+    if not isinstance(layer.input_quantizer, _sign_quantizers()):
+        return False
+    if getattr(layer.kernel_quantizer, "precision", None) != 1:
+        return False
+    if layer.data_format != "channels_last" or len(layer.inbound_nodes) != 1:
+        return False
+    spatial = layer.input_shape[1:3]
+    kernel = [(k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.dilation_rate, strict=True)]
+    return all(s is not None for s in spatial) and any(
+        s < k for s, k in zip(spatial, kernel, strict=True)
+    )
+
+
+def _carry_offset(model: tf.keras.Model, name: str, offset: np.ndarray, consumers):
+    """Where the constant `offset` on the outputs of layer `name` can be added instead:
+    after the first `Add` that the outputs reach through single-consumer batch norms
+    (inference: the offset scaled) and 1x1 subsampling poolings (the offset subsampled),
+    and the offset there; None if they reach anything else first."""
+    while len(consumers[name]) == 1:
+        layer = model.get_layer(consumers[name][0])
+        if isinstance(layer, tf.keras.layers.Add):
+            return layer.name, offset
+        if isinstance(layer, tf.keras.layers.BatchNormalization) and layer.axis in ([3], [-1]):
+            weights = {w.name.split("/")[-1].split(":")[0]: w.numpy() for w in layer.weights}
+            factor = 1.0 / np.sqrt(weights["moving_variance"] + layer.epsilon)
+            offset = offset * (factor * weights["gamma"] if layer.scale else factor)
+        elif (
+            isinstance(layer, tf.keras.layers.AveragePooling2D)
+            and tuple(layer.pool_size) == (1, 1)
+            and layer.padding == "valid"
+            and layer.data_format == "channels_last"
+        ):
+            offset = offset[:: layer.strides[0], :: layer.strides[1]]
+        else:
+            return None
+        name = layer.name
+    return None
+
+
+def pad_small_binary_inputs_with_ones(model: tf.keras.Model) -> tf.keras.Model:
+    """The same functional model with the binary convolutions that larq-compute-engine
+    would get wrong padded with ones, and corrected by a constant.
+
+    A sign's outputs are bitpacked, in which 0 cannot be written: `LceBconv2d` computes
+    "same" zero padding as padding with +1, then subtracts the padded taps' share of each
+    border output from a table cached per output channel (`zero_padding_correction.h`).
+    That table assumes that the kernel is smaller than the input (so that a window sticks
+    out on at most one side per axis); where it is not, e.g. a 3x3 convolution over a 2x2
+    or 1x1 feature map (ReActNet-A's last stage at 64x64 or 32x32 inputs), the correction
+    is silently skipped and the outputs are those of padding with ones.
+
+    Each such convolution (`padding="same"`, `pad_values=0`, sign inputs, a 1-bit kernel
+    quantizer, known input height and width) is given `pad_values=1.0`, which the converter
+    maps to the kernel's native one-padding, and the padded ones' contribution, which
+    depends on the kernel and the output position only, is subtracted: `conv_0(x) =
+    conv_1(x) + (conv_0(1) - conv_1(1))` for every binary `x`, the offset computed by the
+    layer itself on an input of ones. The offset is added by a `ConstantOffset` after the
+    residual `Add` that the convolution feeds (through its batch norm and subsampling,
+    which scale and subsample the offset): directly after the convolution, the converter
+    would fuse it into `LceBconv2d`'s per-channel bias without checking its shape, and the
+    flatbuffer would not load. The outputs are the same, to float32 rounding. A
+    convolution whose outputs reach anything else first is left as it is, with a warning.
+
+    Args:
+        model: a functional Keras model.
+
+    Returns:
+        A new model, or `model` itself if no convolution needs this.
+    """
+    config = model.get_config()
+    consumers: dict[str, list[str]] = collections.defaultdict(list)
+    for layer_config in config["layers"]:
+        for node in layer_config["inbound_nodes"]:
+            for inbound in node:
+                consumers[inbound[0]].append(layer_config["config"]["name"])
+    one_padded, offsets = set(), {}
+    for layer in model.layers:
+        if not _kernel_exceeds_binary_input(layer):
+            continue
+        padded = layer.__class__.from_config({**layer.get_config(), "pad_values": 1.0})
+        ones = tf.ones((1, *layer.input_shape[1:]), dtype=layer.compute_dtype)
+        padded.build(ones.shape)
+        padded.set_weights(layer.get_weights())
+        with lq.context.quantized_scope(True):
+            offset = (layer(ones) - padded(ones))[0].numpy()
+        carried = _carry_offset(model, layer.name, offset, consumers)
+        if carried is None:
+            logging.getLogger(__name__).warning(
+                "%s: larq-compute-engine pads this binary convolution's input, smaller "
+                "than its kernel, with ones instead of zeros; its outputs reach no Add "
+                "that could take the correction, so it is left as it is.",
+                layer.name,
+            )
+            continue
+        one_padded.add(layer.name)
+        add, offset = carried
+        offsets[add] = offsets.get(add, 0.0) + offset
+    if not offsets:
+        return model
+    offset_names = {name: f"{name}_zero_padding" for name in offsets}
+    for layer_config in config["layers"]:
+        for node in layer_config["inbound_nodes"]:
+            for inbound in node:
+                inbound[0] = offset_names.get(inbound[0], inbound[0])
+    for output in config["output_layers"]:
+        output[0] = offset_names.get(output[0], output[0])
+    layers = []
+    for layer_config in config["layers"]:
+        layers.append(layer_config)
+        name = layer_config["config"]["name"]
+        if name in one_padded:
+            layer_config["config"]["pad_values"] = 1.0
+        if name in offsets:
+            layers.append(
+                {
+                    "class_name": "ConstantOffset",
+                    "config": {
+                        "name": offset_names[name],
+                        "dtype": layer_config["config"]["dtype"],
+                    },
+                    "name": offset_names[name],
+                    "inbound_nodes": [[[name, 0, 0, {}]]],
+                }
+            )
+    config["layers"] = layers
+    return _rebuild(model, config, {offset_names[n]: [o] for n, o in offsets.items()})
+
+
+def trim_unread_padding(model: tf.keras.Model) -> tf.keras.Model:
+    """The same functional model with the zero padding that no window reads removed.
+
+    PyTorch pads a strided convolution symmetrically; the zoo's `padding="torch"` does so
+    with a `ZeroPadding2D` before a "valid" convolution (e.g. ReActNet-A's first 3x3/2
+    convolution: 1 row and column of zeros on each side of a 64x64 image, of which the
+    last row and column is read by no window). larq-compute-engine fuses a zero `PAD`
+    into the `CONV_2D` that follows as "same" padding when its split looks like "same"'s
+    (`fuse_padding.td`, `IsSamePadding1D`) without comparing the total with the one
+    "same" implies, here 1 (0 before, 1 after): the fused convolution reads every window
+    one pixel off. Padding only what the windows read (here 1 before, 0 after) gives the
+    same outputs, and a pad that the converter either keeps or fuses correctly: its
+    total is that of "same" whenever it pads after at all.
+
+    Args:
+        model: a functional Keras model.
+
+    Returns:
+        A new model, or `model` itself if no padding is trimmed.
+    """
+    config = model.get_config()
+    consumers: dict[str, list[str]] = collections.defaultdict(list)
+    for layer_config in config["layers"]:
+        for node in layer_config["inbound_nodes"]:
+            for inbound in node:
+                consumers[inbound[0]].append(layer_config["config"]["name"])
+    by_name = {c["config"]["name"]: c for c in config["layers"]}
+    trimmed = False
+    for layer in model.layers:
+        if not isinstance(layer, tf.keras.layers.ZeroPadding2D) or len(consumers[layer.name]) != 1:
+            continue
+        conv = model.get_layer(consumers[layer.name][0])
+        if (
+            not isinstance(conv, (tf.keras.layers.Conv2D, tf.keras.layers.DepthwiseConv2D))
+            or conv.padding != "valid"
+            or conv.data_format != "channels_last"
+            or layer.data_format != "channels_last"
+        ):
+            continue
+        padding = [list(pair) for pair in layer.padding]
+        for axis in range(2):
+            size = layer.input_shape[1 + axis]
+            if size is None:
+                break
+            before, after = padding[axis]
+            kernel = (conv.kernel_size[axis] - 1) * conv.dilation_rate[axis] + 1
+            stride = conv.strides[axis]
+            outputs = (size + before + after - kernel) // stride + 1
+            read = (outputs - 1) * stride + kernel  # padded rows the windows cover
+            padding[axis][1] = max(min(after, read - size - before), 0)
+        else:
+            if padding != [list(pair) for pair in layer.padding]:
+                by_name[layer.name]["config"]["padding"] = tuple(map(tuple, padding))
+                trimmed = True
+    return _rebuild(model, config, {}) if trimmed else model
 
 
 def _sign_quantizers() -> tuple[type, ...]:
@@ -162,11 +374,17 @@ def convert(model: tf.keras.Model, fold: bool = True, **kwargs) -> bytes:
             rescalings that only a sign sees (`fold_scales_before_signs`) first.
         **kwargs: passed to `larq_compute_engine.convert_keras_model`.
 
+    Either way, two patterns that the converter or the engine gets wrong are rewritten
+    first: symmetric zero padding before a strided convolution (`trim_unread_padding`)
+    and binary convolutions whose kernel is larger than their input
+    (`pad_small_binary_inputs_with_ones`).
+
     Returns:
         The flatbuffer bytes.
     """
     if fold:
         model = fold_scales_before_signs(fold_weight_standardization(model))
+    model = pad_small_binary_inputs_with_ones(trim_unread_padding(model))
     # Saving for the converter skips the quantizer objects larq keeps as layers, with one
     # warning each; they are not part of the graph it converts.
     with quiet.logger_filtered("tensorflow", "Skipping full serialization of TF-Keras layer"):

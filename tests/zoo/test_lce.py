@@ -6,8 +6,37 @@ import tensorflow as tf
 
 import larq_nobn
 from larq_nobn import export, zoo
+from tests.zoo.images import digits
 
 pytest.importorskip("larq_compute_engine")
+
+# max |tflite - keras| / max |keras| over a batch of logits (float32 rounding: ~1e-6)
+TOLERANCE = 1e-4
+
+
+def relative_error(model, flatbuffer, x) -> float:
+    expected = model(x, training=False).numpy()
+    return float(np.abs(export.predict(flatbuffer, x) - expected).max() / np.abs(expected).max())
+
+
+def randomized(model, seed=1):
+    """`model` with random learnable biases and batch-norm statistics: at their initial
+    zeros and ones, sign thresholds and batch norms would all look alike."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, larq_nobn.LearnableBias):
+            layer.set_weights([rng.normal(0, 0.3, size=w.shape) for w in layer.get_weights()])
+        elif isinstance(layer, tf.keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = (w.shape for w in layer.get_weights())
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma),
+                    rng.normal(0, 0.2, beta),
+                    rng.normal(0, 1, mean),
+                    rng.uniform(0.5, 2, variance),
+                ]
+            )
+    return model
 
 
 def test_reactnet18_nobn_converts_to_16_binary_convolutions():
@@ -23,12 +52,52 @@ def test_reactnet18_nobn_converts_to_16_binary_convolutions():
     assert export.top1_agreement(model, flatbuffer, x) == 1.0
 
 
-def test_reactnet_a_nobn_converts_to_31_binary_convolutions():
-    model = zoo.get_model("reactnet_a_nobn", stage=2, input_shape=(32, 32, 3), num_classes=10)
-    counts = export.op_counts(export.convert(model))
+@pytest.mark.parametrize(
+    "norm,padding", [("bn", "keras"), ("nobn", "keras"), ("none", "keras"), ("nobn", "torch")]
+)
+def test_reactnet_a_converts_to_31_binary_convolutions_and_keeps_its_logits(norm, padding):
+    model = zoo.get_model(
+        f"reactnet_a_{norm}", stage=2, input_shape=(32, 32, 3), num_classes=10, padding=padding
+    )
+    model = randomized(model)
+    flatbuffer = export.convert(model)
+    counts = export.op_counts(flatbuffer)
     # 13 binary 3x3 + 8 single and 5 pairs of binary 1x1 convolutions; the first stays float.
     assert counts["LceBconv2d"] == 31
     assert counts["CONV_2D"] == 1
+    # At 32x32 the last two blocks' 3x3 convolutions see 2x2 and 1x1 maps, which the
+    # engine alone would pad with ones (see the test below).
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    assert relative_error(model, flatbuffer, x) < TOLERANCE
+    assert export.top1_agreement(model, flatbuffer, digits(32)[0][-48:]) == 1.0
+
+
+@pytest.mark.parametrize("size,strides", [(1, 1), (2, 1), (2, 2)])
+def test_binary_convolutions_larger_than_their_inputs_are_padded_with_zeros(size, strides):
+    """`export.pad_small_binary_inputs_with_ones`: what larq-compute-engine gets wrong."""
+    inputs = tf.keras.Input((size, size, 64))
+    with larq_nobn.layers.silence_starved_weights_warning():
+        y = larq_nobn.conv.QuantConv2D(
+            64,
+            3,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            input_quantizer="approx_sign",
+            kernel_quantizer="magnitude_aware_ste_sign",
+            kernel_initializer="random_normal",
+        )(inputs)
+    y = tf.keras.layers.BatchNormalization()(y)
+    shortcut = inputs if strides == 1 else tf.keras.layers.AveragePooling2D(strides)(inputs)
+    model = randomized(tf.keras.Model(inputs, tf.keras.layers.Add()([shortcut, y])))
+    x = np.random.default_rng(0).normal(size=(2, size, size, 64)).astype("float32")
+    flatbuffer = export.convert(model)
+    assert export.op_counts(flatbuffer)["LceBconv2d"] == 1
+    assert relative_error(model, flatbuffer, x) < TOLERANCE
+    # Converted as it is, the padding is +1 (larq-compute-engine 0.16's
+    # zero_padding_correction.h skips windows that stick out on both sides).
+    unaided = export._lce().convert_keras_model(model)
+    assert relative_error(model, unaided, x) > 0.1
 
 
 def test_rescalings_seen_only_by_signs_are_folded_into_the_biases():
@@ -74,3 +143,23 @@ def test_exported_graph_does_not_depend_on_the_gradients():
         export.predict(flatbuffers["forward"], images),
         export.predict(flatbuffers["tensorflow"], images),
     )
+
+
+@pytest.mark.parametrize("size,kernel", [(8, 3), (16, 7)])
+def test_symmetric_padding_before_a_strided_convolution_is_kept(size, kernel):
+    """`export.trim_unread_padding`: the zoo's `padding="torch"` on real inputs."""
+    inputs = tf.keras.Input((size, size, 3))
+    y = tf.keras.layers.ZeroPadding2D(kernel // 2)(inputs)
+    y = tf.keras.layers.Conv2D(8, kernel, strides=2, kernel_initializer="random_normal")(y)
+    model = tf.keras.Model(inputs, y)
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype("float32")
+    trimmed = export.trim_unread_padding(model)
+    assert trimmed.layers[1].padding != model.layers[1].padding  # the last row is unread
+    np.testing.assert_allclose(trimmed(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-5)
+    flatbuffer = export.convert(model)
+    assert relative_error(model, flatbuffer, x) < TOLERANCE
+    # Converted as it is, the pad is fused as "same" padding: 0 before, 1 after
+    # (larq-compute-engine 0.16's fuse_padding.td does not check the total).
+    unaided = export._lce().convert_keras_model(model)
+    assert "PAD" not in export.op_counts(unaided)
+    assert relative_error(model, unaided, x) > 0.1

@@ -15,6 +15,7 @@ from larq_nobn.zoo import torch_weights
 
 torch = pytest.importorskip("torch")
 from tests.zoo import torch_models  # noqa: E402  (needs torch)
+from tests.zoo.images import digits  # noqa: E402
 
 TOLERANCE = 1e-4  # max |keras - torch| / max |torch| over a batch of logits
 NUM_CLASSES = 10
@@ -191,16 +192,6 @@ def test_without_torch_the_error_says_what_to_install(small_checkpoint, monkeypa
     )
 
 
-def digits(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 digits as RGB images in [-1, 1], and their labels."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = (data.images.astype("float32") / 16.0)[..., None]
-    x = tf.image.resize(x, [size, size], method="bilinear").numpy()
-    return np.repeat(x * 2.0 - 1.0, 3, axis=-1), data.target
-
-
 def fit_classifier(net, x: np.ndarray, y: np.ndarray) -> None:
     """Least-squares fit of the PyTorch model's `fc` to one-hot labels on its features, so
     that the random backbone classifies digits (and top-1 agreement means something)."""
@@ -242,8 +233,11 @@ def test_lce_export_of_a_loaded_model(backbone, size, binary_convs, tmp_path):
     flatbuffer = export.convert(model)
     counts = export.op_counts(flatbuffer)
     assert counts["LceBconv2d"] == binary_convs  # every binary convolution
-    if backbone == "reactnet18":
-        assert export.top1_agreement(model, flatbuffer, x) == 1.0
-    # ReActNet-A's flatbuffer departs from its Keras model after the first blocks (by
-    # 5-15 % of the largest logit on random inputs at 64x64), with padding="keras" as
-    # much as with "torch": an LCE matter outside this loader, not asserted here.
+    # The flatbuffer computes the Keras model: at 64x64 ReActNet-A's last 3x3 binary
+    # convolution sees a 2x2 map (see `export.pad_small_binary_inputs_with_ones`).
+    flat_logits = export.predict(flatbuffer, x)
+    logits = model(x).numpy()
+    errors = np.abs(flat_logits - logits).max(axis=1) / np.abs(logits).max()
+    assert np.mean(errors < TOLERANCE) >= 0.9  # the same sign ties as above
+    # 47 of 48 at 64x64 for ReActNet-A: a tie flips one image whose top two logits are close.
+    assert np.mean(np.argmax(flat_logits, axis=-1) == np.argmax(logits, axis=-1)) >= 0.95

@@ -129,6 +129,16 @@ def _kernel_exceeds_binary_input(layer: tf.keras.layers.Layer) -> bool:
     )
 
 
+def _consumers(config: dict) -> dict[str, list[str]]:
+    """The names of the layers that read each layer's outputs, from a functional config."""
+    consumers: dict[str, list[str]] = collections.defaultdict(list)
+    for layer_config in config["layers"]:
+        for node in layer_config["inbound_nodes"]:
+            for inbound in node:
+                consumers[inbound[0]].append(layer_config["config"]["name"])
+    return consumers
+
+
 def _carry_offset(model: tf.keras.Model, name: str, offset: np.ndarray, consumers):
     """Where the constant `offset` on the outputs of layer `name` can be added instead:
     after the first `Add` that the outputs reach through single-consumer batch norms
@@ -186,11 +196,7 @@ def pad_small_binary_inputs_with_ones(model: tf.keras.Model) -> tf.keras.Model:
         A new model, or `model` itself if no convolution needs this.
     """
     config = model.get_config()
-    consumers: dict[str, list[str]] = collections.defaultdict(list)
-    for layer_config in config["layers"]:
-        for node in layer_config["inbound_nodes"]:
-            for inbound in node:
-                consumers[inbound[0]].append(layer_config["config"]["name"])
+    consumers = _consumers(config)
     one_padded, offsets = set(), {}
     for layer in model.layers:
         if not _kernel_exceeds_binary_input(layer):
@@ -265,11 +271,7 @@ def trim_unread_padding(model: tf.keras.Model) -> tf.keras.Model:
         A new model, or `model` itself if no padding is trimmed.
     """
     config = model.get_config()
-    consumers: dict[str, list[str]] = collections.defaultdict(list)
-    for layer_config in config["layers"]:
-        for node in layer_config["inbound_nodes"]:
-            for inbound in node:
-                consumers[inbound[0]].append(layer_config["config"]["name"])
+    consumers = _consumers(config)
     by_name = {c["config"]["name"]: c for c in config["layers"]}
     trimmed = False
     for layer in model.layers:

@@ -36,7 +36,8 @@ def test_wheel_holds_the_zoo_and_the_program_under_larq_nobn(wheel):
     names = set(wheel.namelist())
     for module in ("zoo/__init__.py", "zoo/blocks.py", "zoo/reactnet18.py", "zoo/reactnet_a.py"):
         assert f"larq_nobn/{module}" in names
-    for module in ("main.py", "__main__.py", "runner.py", "recipe.py", "data.py", "config.py"):
+    program = ("main.py", "__main__.py", "commands.py", "options.py", "runner.py", "recipe.py")
+    for module in (*program, "config.py", "data/__init__.py", "data/digits.py", "spp.py"):
         assert f"larq_nobn/train/{module}" in names
     assert not any(n.startswith(("tests/", "benchmarks/", "zoo/", "train/")) for n in names)
 
@@ -45,4 +46,7 @@ def test_wheel_declares_the_command(wheel):
     (entry_points,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
     parser = configparser.ConfigParser()
     parser.read_string(wheel.read(entry_points).decode())
-    assert dict(parser["console_scripts"]) == {"larq-nobn-train": "larq_nobn.train.main:run"}
+    assert dict(parser["console_scripts"]) == {
+        "larq-nobn-train": "larq_nobn.train.commands:train",
+        "larq-nobn-spp": "larq_nobn.train.commands:spp",
+    }

@@ -133,7 +133,7 @@ def test_compiled_run_has_no_loss_term_and_decays_per_stage(tmp_path):
     ).resolved()
     run = Run(config)
     for stage, decay in ((1, 1e-5), (2, None)):
-        model, student = run.build(stage)
+        model, student = run.models.build(stage)
         assert student.losses == [] and model.losses == []
         assert model.optimizer.inner_optimizer.weight_decay == decay
 

@@ -268,6 +268,7 @@ class Trainer:
             jit_compile=jit_compile,
             steps_per_execution=1,
         )
+        self.model.optimizer.build(self.model.trainable_variables)  # one trace, not two
         self.batch = random_batch(input_size, batch_size, num_classes)
         dataset = tf.data.Dataset.from_tensors(self.batch).repeat()
         self.iterator = iter(dataset)

@@ -10,7 +10,6 @@ import sys
 #: The modules the program imports that the library does not need, and their packages.
 TRAIN_EXTRA = {
     "absl": "absl-py",
-    "larq_zoo": "larq-zoo",
     "matplotlib": "matplotlib",
     "sklearn": "scikit-learn",
     "tensorflow_datasets": "tensorflow-datasets",

@@ -161,6 +161,10 @@ class Models:
                 metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                 jit_compile=config.jit_compile,
             )
+            # Slots created now, not inside the first step: a `tf.function` that creates
+            # variables on its first call traces a second time, and a traced ReActNet step
+            # costs tens of seconds of Python on a CPU.
+            model.optimizer.build(model.trainable_variables)
         return model, student
 
     def _optimizer(self, stage: int) -> tf.keras.optimizers.Optimizer:

@@ -71,6 +71,7 @@ def optimizer(
         epsilon=ADAM_EPSILON,
         weight_decay=weight_decay,
         exclude_from_weight_decay=DECAY_EXCLUDE,
+        fused=fused,
     )
     if agc_clip == 0:
         return adam

@@ -56,9 +56,9 @@ def mock_data(num_examples: int):
         import dill  # noqa: F401
     except ImportError:
         sys.modules.setdefault("dill", types.ModuleType("dill"))
-    import tensorflow_datasets as tfds
+    from tensorflow_datasets import testing  # not imported by `import tensorflow_datasets`
 
-    return tfds.testing.mock_data(num_examples=num_examples)
+    return testing.mock_data(num_examples=num_examples)
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -17,16 +17,16 @@ def test_commands_stop_with_one_line_without_the_train_extra(monkeypatch, capsys
     monkeypatch.setattr(
         commands.importlib.util,
         "find_spec",
-        lambda name, *args: None if name in ("sklearn", "larq_zoo") else real(name, *args),
+        lambda name, *args: None if name in ("sklearn", "absl") else real(name, *args),
     )
-    assert commands.missing_train_extra() == ["larq-zoo", "scikit-learn"]
+    assert commands.missing_train_extra() == ["absl-py", "scikit-learn"]
     for command in (commands.train, commands.spp):
         with pytest.raises(SystemExit) as exit_:
             command()
         assert exit_.value.code == 2
         message = capsys.readouterr().err
         assert message.count("\n") == 1 and "larq-nobn[train]" in message
-        assert "larq-zoo, scikit-learn" in message
+        assert "absl-py, scikit-learn" in message
 
 
 def test_spp_command_help(monkeypatch, capsys):

@@ -138,6 +138,27 @@ def test_compiled_run_has_no_loss_term_and_decays_per_stage(tmp_path):
         assert model.optimizer.inner_optimizer.weight_decay == decay
 
 
+def test_a_stage_traces_its_training_step_once(tmp_path):
+    """The optimizer's slots exist before the first step: a step that created them would
+    be traced twice by `tf.function` (once creating variables, once not)."""
+    from larq_nobn.train.runner import Run
+
+    config = Config(
+        model="reactnet18_nobn",
+        dataset="synthetic",
+        model_dir=str(tmp_path),
+        stem="cifar",
+        image_size=8,
+        batch_size=4,
+    ).resolved()
+    model, _ = Run(config).models.build(1)
+    assert len(model.optimizer.variables) > 1  # iterations and Adam's slots
+    images = np.zeros((8, 8, 8, 3), np.float32)
+    model.fit(images, np.zeros(8, np.int64), batch_size=4, epochs=2, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 4
+    assert model.train_function.experimental_get_tracing_count() == 1
+
+
 # ----------------------------------------------------------------------------- losses
 
 

@@ -209,6 +209,97 @@ def fit_classifier(net, x: np.ndarray, y: np.ndarray) -> None:
         net.fc.bias.copy_(torch.from_numpy(solution[-1].astype("float32")))
 
 
+# |sign input| below which float32 rounding in another order may flip the sign: the sign
+# inputs (up to ~5) of the test below differ by up to 2e-6 (PyTorch) and 4e-6 (TFLite).
+TIE = 1e-5
+
+
+def _sign_input_layers(model: tf.keras.Model) -> list[str]:
+    """The layers whose outputs `model` binarizes, in the model's order."""
+    return list(
+        dict.fromkeys(
+            layer.inbound_nodes[0].inbound_layers.name
+            for layer in model.layers
+            if getattr(getattr(layer, "input_quantizer", None), "precision", None) == 1
+        )
+    )
+
+
+def sign_inputs(model: tf.keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
+    """What `model` binarizes on `x`, by the name of the layer computing it, in order."""
+    names = _sign_input_layers(model)
+    outputs = tf.keras.Model(model.inputs, [model.get_layer(n).output for n in names])(x)
+    return {name: output.numpy() for name, output in zip(names, outputs, strict=True)}
+
+
+def torch_signs(net, model: tf.keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The PyTorch model's binarizations (`torch.sign`, 0 at 0) of the tensors of
+    `sign_inputs`, channels last."""
+    module_of = {
+        "reactnet_a": torch_weights._reactnet_a_module,
+        "reactnet18": torch_weights._reactnet18_module,
+    }[torch_weights.backbone_of(model)]
+    modules = dict(net.named_modules())
+    signs = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            signs[name] = np.sign(output.numpy().transpose(0, 2, 3, 1))
+
+        return hook
+
+    hooks = [
+        modules[module_of(n)].register_forward_hook(record(n)) for n in _sign_input_layers(model)
+    ]
+    with torch.no_grad():
+        net(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+    for hook in hooks:
+        hook.remove()
+    return signs
+
+
+def flatbuffer_outputs(flatbuffer: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The flatbuffer's logits on `x`, and its binarizations (+-1) by the name of the Keras
+    layer whose outputs they binarize: every `LceQuantize`'s output made a model output."""
+    import larq_compute_engine
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tflite = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    graph = tflite.subgraphs[0]
+    quantizes = [
+        op
+        for op in graph.operators
+        if tflite.operatorCodes[op.opcodeIndex].customCode == b"LceQuantize"
+    ]
+    graph.outputs = np.array([*graph.outputs, *(op.outputs[0] for op in quantizes)], np.int32)
+    flatbuffer = bytes(flatbuffer_utils.convert_object_to_bytearray(tflite))
+    logits, *packed = larq_compute_engine.testing.Interpreter(flatbuffer).predict(x)
+    signs = {}
+    for op, words in zip(quantizes, packed, strict=True):
+        tensor = graph.tensors[op.inputs[0]]  # named "<model>/<layer>/<op>[;<fused>...]"
+        # 32 channels per int32, the first in the lowest bit; a set bit is -1.
+        bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
+        signs[tensor.name.decode().split(";")[0].split("/")[1]] = (
+            1.0 - 2.0 * bits[..., : tensor.shape[-1]]
+        )
+    return logits, signs
+
+
+def ties(inputs: dict[str, np.ndarray], signs: dict[str, np.ndarray]) -> np.ndarray:
+    """Per image, whether the first of Keras' sign `inputs` (in order) that `signs`
+    binarizes differently from larq (+1 at 0) differs only where |input| < TIE: an image
+    that float32 rounding sends down another path, whose logits can then differ by far
+    more than rounding."""
+    batch = len(next(iter(inputs.values())))
+    tie, decided = np.zeros(batch, bool), np.zeros(batch, bool)
+    for name, x in inputs.items():
+        flips = (np.where(x >= 0, 1.0, -1.0) != signs[name]).reshape(batch, -1)
+        first = flips.any(axis=1) & ~decided
+        tie |= first & ~(flips & (np.abs(x) >= TIE).reshape(batch, -1)).any(axis=1)
+        decided |= first
+    return tie
+
+
 @pytest.mark.parametrize(
     "backbone,size,binary_convs",
     [("reactnet18", 32, 16), ("reactnet_a", 64, 31)],
@@ -224,10 +315,15 @@ def test_lce_export_of_a_loaded_model(backbone, size, binary_convs, tmp_path):
     path = save(net, tmp_path / "checkpoint.pth.tar", "checkpoint")
     model = zoo.from_torch(path, input_shape=(size, size, 3))
     x, y = images_[-48:], labels[-48:]  # not used for the fit
-    # A sign input within float32 rounding of 0 can binarize either way: on digits, whose
-    # constant backgrounds repeat a value over a whole region, a few images meet such a
-    # tie and differ by ~1e-2; the others agree to ~1e-6.
-    assert np.mean(relative_errors(model, net, x) < TOLERANCE) >= 0.9
+    inputs = sign_inputs(model, x)
+    # Every image agrees but those whose first differing sign is a tie: a sign input within
+    # rounding of 0 (e.g. -6e-8 in Keras, 7e-7 in the flatbuffer) binarizes either way, and
+    # the flip spreads through the later blocks (relative logit errors of 0.1 to 0.5). At
+    # seed 5: 2 of 48 for ReActNet-18 against PyTorch (in blocks 1 and 2), 1 for
+    # ReActNet-A against the flatbuffer (in block 10).
+    tie = ties(inputs, torch_signs(net, model, x))
+    assert np.mean(tie) < 0.1
+    assert np.all((relative_errors(model, net, x) < TOLERANCE) | tie)
     top1 = np.argmax(model(x).numpy(), axis=-1)
     assert np.mean(top1 == y) > 0.25  # it classifies the held-out digits (chance: 0.1)
     flatbuffer = export.convert(model)
@@ -235,9 +331,9 @@ def test_lce_export_of_a_loaded_model(backbone, size, binary_convs, tmp_path):
     assert counts["LceBconv2d"] == binary_convs  # every binary convolution
     # The flatbuffer computes the Keras model: at 64x64 ReActNet-A's last 3x3 binary
     # convolution sees a 2x2 map (see `export.pad_small_binary_inputs_with_ones`).
-    flat_logits = export.predict(flatbuffer, x)
+    flat_logits, flat_signs = flatbuffer_outputs(flatbuffer, x)
     logits = model(x).numpy()
     errors = np.abs(flat_logits - logits).max(axis=1) / np.abs(logits).max()
-    assert np.mean(errors < TOLERANCE) >= 0.9  # the same sign ties as above
-    # 47 of 48 at 64x64 for ReActNet-A: a tie flips one image whose top two logits are close.
-    assert np.mean(np.argmax(flat_logits, axis=-1) == np.argmax(logits, axis=-1)) >= 0.95
+    tie = ties(inputs, flat_signs)
+    assert np.mean(tie) < 0.1
+    assert np.all(((errors < TOLERANCE) & (np.argmax(flat_logits, -1) == top1)) | tie)

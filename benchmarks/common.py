@@ -15,6 +15,11 @@ if str(REPO_ROOT) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import larq_nobn  # noqa: E402,F401  (Keras 2 before TensorFlow)
+from larq_nobn.memory import reuse_freed_memory  # noqa: E402
+
+# As the training program does; `MALLOC_MMAP_MAX_=65536` in the environment keeps glibc's
+# defaults (benchmarks/malloc_settings.py compares both).
+MALLOC_REUSE = reuse_freed_memory()
 
 # isort: split
 import argparse  # noqa: E402
@@ -69,7 +74,8 @@ def machine_description() -> str:
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     return (
         f"machine: {os.cpu_count()} cores ({cpu}), {memory} RAM, load {load}; "
-        f"python {platform.python_version()}, {versions}; {date}"
+        f"python {platform.python_version()}, {versions}; "
+        f"malloc {'reuses freed memory' if MALLOC_REUSE else 'glibc defaults'}; {date}"
     )
 
 

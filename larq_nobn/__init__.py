@@ -49,6 +49,7 @@ _LAZY = {
     "AdaptiveGradientClipping": "optimizers",
     "TorchAdam": "optimizers",
     "MagnitudeAwareSteSign": "quantizers",
+    "reuse_freed_memory": "memory",
     "BlockStatistics": "spp",
     "signal_propagation": "spp",
     "scaled_standardize": "unitwise",
@@ -59,7 +60,7 @@ _LAZY = {
 
 
 _SUBMODULES = frozenset(
-    ("constraints", "conv", "export", "layers", "optimizers", "quantizers", "quiet")
+    ("constraints", "conv", "export", "layers", "memory", "optimizers", "quantizers", "quiet")
     + ("registry", "spp", "spp_plot", "unitwise")
 )
 
@@ -139,6 +140,7 @@ __all__ = [
     "WeightStandardization",
     "conv2d",
     "conv_gradients",
+    "reuse_freed_memory",
     "scaled_standardize",
     "scaled_ws_kernel",
     "set_conv_gradients",

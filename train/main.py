@@ -49,6 +49,9 @@ def main(argv: list[str], **run_options) -> int:
 
 def train(config: Config, **run_options) -> int:
     """Runs `config` (imports TensorFlow); the exit code. `run_options` as for `main`."""
+    from larq_nobn.memory import reuse_freed_memory
+
+    reuse_freed_memory()  # before TensorFlow allocates anything (see larq_nobn.memory)
     # Set-up without TensorFlow's noise (cuInit on CPU machines, CPU features, ...);
     # everything else it writes, and errors, still show.
     with quiet.tensorflow_noise_filtered():

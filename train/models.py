@@ -1,8 +1,11 @@
 """What a stage trains: the student, the teacher, the distillation model, the compiled
 optimizer, and weights read from files."""
 
+import io
 import os
+import zipfile
 
+import h5py
 import tensorflow as tf
 
 from larq_nobn import zoo
@@ -18,19 +21,22 @@ def read_weights(donor: tf.keras.Model, path: str, what: str) -> list:
     checkpoint of the reference or of ReActNet (`.pth`, `.pth.tar`, `.pt`, mapped by
     `zoo.torch_weights`); the others are read into `donor`, an uncompiled model of the same
     architecture: weights files of compiled models also hold optimizer state (iterations,
-    slots), which must not leak into the new run's optimizer. Raises ConfigError saying
-    why the weights do not fit.
+    slots), which must not leak into the new run's optimizer. A `.keras` file that is not
+    one of `donor` alone (a distillation model, optimizer state) is read by `load_model`.
+    Raises ConfigError saying why the weights do not fit.
     """
     try:
         if torch_weights.is_torch_file(path):
             weights = torch_weights.load_torch_weights(donor, path).get_weights()
         elif path.endswith(".keras"):
-            saved = tf.keras.models.load_model(
-                path, custom_objects=dict(teachers.CUSTOM_OBJECTS), compile=False
-            )
-            if isinstance(saved, recipe.Distillation):
-                saved = saved.student
-            weights = saved.get_weights()
+            weights = _read_into(donor, path)
+            if weights is None:
+                saved = tf.keras.models.load_model(
+                    path, custom_objects=dict(teachers.CUSTOM_OBJECTS), compile=False
+                )
+                if isinstance(saved, recipe.Distillation):
+                    saved = saved.student
+                weights = saved.get_weights()
         else:
             status = donor.load_weights(path)
             if status is not None:
@@ -42,6 +48,26 @@ def read_weights(donor: tf.keras.Model, path: str, what: str) -> list:
     except (ValueError, AssertionError, tf.errors.OpError, OSError, ImportError) as error:
         reason = str(error).strip().splitlines()[0][:300]
         raise ConfigError(f"{what} {path} does not fit --model {donor.name}: {reason}") from None
+
+
+def _read_into(donor: tf.keras.Model, path: str) -> list | None:
+    """`donor`'s weights once the `.keras` model at `path` is loaded into it, or None.
+
+    Saves building the model of the file's config, as `load_model` does. None (for
+    `load_model`) unless the file holds as many variables as `donor` and each of `donor`'s
+    layers takes its own: not for a distillation model, optimizer state or another model.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as file:
+            with h5py.File(io.BytesIO(file.read()), "r") as h5:
+                datasets = []
+                h5.visititems(lambda _, item: datasets.append(isinstance(item, h5py.Dataset)))
+        if sum(datasets) != len(donor.weights):
+            return None
+        donor.load_weights(path)
+    except Exception:  # `load_model` says what does not fit
+        return None
+    return donor.get_weights()
 
 
 class Models:
@@ -132,16 +158,17 @@ class Models:
         """The weights saved at `path` (see `read_weights`), checked against `stage`'s model."""
         return read_weights(self.student(stage), path, what)
 
-    def save_student(self, student: tf.keras.Model, stage: int, directory: str) -> None:
+    @staticmethod
+    def save_student(student: tf.keras.Model, directory: str) -> None:
         """`model.keras` of the trained student, without optimizer.
 
-        Saved from an uncompiled copy: a compiled model's file also holds the optimizer
-        state, three times the size and slow to load, and a later stage must not inherit
-        its step count (the learning-rate schedule would start at its end).
+        Saved from an uncompiled model of the student's layers (the same config and
+        weights, nothing built): a compiled model's file also holds the optimizer state,
+        three times the size and slow to load, and a later stage must not inherit its step
+        count (the learning-rate schedule would start at its end).
         """
-        copy = self.student(stage)
-        copy.set_weights(student.get_weights())
-        copy.save(os.path.join(directory, "model.keras"))
+        uncompiled = tf.keras.Model(student.inputs, student.outputs, name=student.name)
+        uncompiled.save(os.path.join(directory, "model.keras"))
 
     def build(self, stage: int) -> tuple[tf.keras.Model, tf.keras.Model]:
         """(trained model, student) of a stage, compiled inside the strategy scope."""

@@ -144,10 +144,8 @@ class Run:
             os.makedirs(config.model_dir, exist_ok=True)
             outputs.write_json(os.path.join(config.model_dir, "config.json"), self.config_json())
         results, histories, student = {}, {}, None
-        init_from = config.init_from
         for stage in config.stages:
-            results[stage], histories[stage], student = self.run_stage(stage, init_from)
-            init_from = os.path.join(self.stage_dir(stage), "model.keras")
+            results[stage], histories[stage], student = self.run_stage(stage, student)
         final = results[config.stages[-1]]
         # Every worker prints it: the workers of a multi-worker run must end with the same
         # weights, and two runs with the same seed and --deterministic with the same digest.
@@ -176,8 +174,12 @@ class Run:
                 print(f"  {self.stage_dir(stage)}/  (model.keras, history.csv, metrics.json, logs)")
         return metrics
 
-    def run_stage(self, stage: int, init_from: str | None):
-        """(metrics, history, student) of `stage`, trained now or finished earlier."""
+    def run_stage(self, stage: int, previous: tf.keras.Model | None):
+        """(metrics, history, student) of `stage`, trained now or finished earlier.
+
+        `previous` is the previous stage's student (None for the first stage), trained in
+        this process or read from the `model.keras` of an earlier one.
+        """
         done = self.directory.finished_stage(stage)
         if done is not None:  # finished before a crash in a later stage
             return read_finished(stage, done, self.models, self.directory)
@@ -187,16 +189,15 @@ class Run:
             self.models,
             self.feed,
             self.directory,
-            initial_weights=lambda: self.initial_weights(stage, init_from),
+            initial_weights=lambda: self.initial_weights(previous),
             callbacks=self.callbacks(stage),
         ).run()
 
-    def initial_weights(self, stage: int, init_from: str | None) -> list | None:
-        """The weights `stage` starts from when it has no checkpoint: --init_from's (read
-        by `preflight`) for the first stage, the previous stage's model for the next."""
-        if not init_from:
-            return None
-        if stage == self.config.stages[0] and self.init_weights is not None:
-            weights, self.init_weights = self.init_weights, None
-            return weights
-        return self.read_weights(stage, init_from, "stage weights")
+    def initial_weights(self, previous: tf.keras.Model | None) -> list | None:
+        """The weights a stage starts from when it has no checkpoint: --init_from's (read
+        by `preflight`, or None) for the first stage, the previous stage's student's for
+        the next (the values of its `model.keras`: float32 weights are saved exactly)."""
+        if previous is not None:
+            return previous.get_weights()
+        weights, self.init_weights = self.init_weights, None
+        return weights

@@ -10,7 +10,7 @@ import tensorflow as tf
 from larq_nobn.train import outputs
 from larq_nobn.train.config import Config
 from larq_nobn.train.feed import Feed
-from larq_nobn.train.models import Models
+from larq_nobn.train.models import Models, read_weights
 from larq_nobn.train.rundir import RunDirectory, TrainingError
 
 
@@ -20,7 +20,7 @@ def read_finished(stage: int, done: dict, models: Models, directory: RunDirector
     state = outputs.TrainingState(stage_dir, write=False)
     student = models.student(stage)
     path = os.path.join(stage_dir, "model.keras")
-    student.set_weights(models.read_weights(stage, path, "stage"))
+    student.set_weights(read_weights(student, path, "stage"))
     print(f"\nStage {stage} finished earlier: test_accuracy {done['test_accuracy']:.4f}")
     return done, state.history(), student
 
@@ -73,7 +73,7 @@ class Stage:
             )
         result, history = self._evaluate(model, state)
         if self.directory.chief:
-            self.models.save_student(student, stage, self.directory.stage_dir(stage))
+            self.models.save_student(student, self.directory.stage_dir(stage))
         self.directory.finish_stage(stage, state, result)
         print(f"Stage {stage}: test_accuracy {result['test_accuracy']:.4f}")
         return result, history, student

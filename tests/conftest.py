@@ -1,4 +1,5 @@
-"""Test-session setup: Keras 2 and two logical CPU devices (for tf.distribute tests)."""
+"""Test-session setup: Keras 2 and two logical CPU devices (for tf.distribute tests), and
+the order in which `pytest -n 2` hands the tests out (see `pytest_collection_modifyitems`)."""
 
 import os
 
@@ -17,6 +18,36 @@ _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
 )
+
+# Module fixtures that cost a training run: their tests share one pytest-xdist worker (an
+# `xdist_group`), which computes the fixture once.
+SHARED_RUNS = ("trained", "one_device_run")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow(seconds): about that long with `pytest -n 2` on 2 cores; run first"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """The slow tests first, longest first, then the others in their order.
+
+    setup.cfg's `--dist loadgroup` hands the tests out one at a time as the workers free
+    up, so that a slow test started last cannot leave the other worker idle; the tests of
+    a shared run go to one worker together.
+    """
+    for item in items:
+        shared = [name for name in SHARED_RUNS if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+    def seconds(item) -> float:
+        marker = item.get_closest_marker("slow")
+        return marker.args[0] if marker else 0.0
+
+    items.sort(key=seconds, reverse=True)  # stable: the others keep their order
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ weights do not depend on the input size) so that each takes well under a minute 
 cores.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -356,19 +357,29 @@ def test_rerun_into_finished_run_is_refused(trained, capsys):
     assert snapshot(trained) == before
 
 
-def test_init_from_and_stage_two_start_from_stage_one(trained, tmp_path):
+@pytest.fixture(scope="module")
+def two_stages(trained, tmp_path_factory) -> tuple[str, str]:
+    """(model_dir, init): `--stages=1,2 --init_from=init`, init being the trained run's
+    stage-1 model; with --export_tflite where larq-compute-engine is installed (one run for
+    both tests below: the export is the last stage's student, as in a `--stages=2` run)."""
+    init = os.path.join(trained, "stage1", "model.keras")
+    model_dir = str(tmp_path_factory.mktemp("two_stages") / "run")
+    flags = [*MODEL, "--dataset=digits", "--stages=1,2", "--epochs=1", "--batch_size=32"]
+    flags += ["--train_subset=64", "--image_size=8", "--learning_rate=1e-6", "--verbose=0"]
+    if importlib.util.find_spec("larq_compute_engine") is not None:
+        flags.append("--export_tflite")
+    assert run_main(*flags, f"--init_from={init}", f"--model_dir={model_dir}") == 0
+    return model_dir, init
+
+
+def test_init_from_and_stage_two_start_from_stage_one(two_stages):
     """`--stages=1,2 --init_from=A`: stage 1 starts from A, stage 2 from stage 1, and trains.
 
     With a learning rate of 1e-6 each Adam step moves a weight by about 1e-6, so after the
     two steps of a stage the weights are within 1e-5 of where the stage started, yet not
     equal to them.
     """
-    init = os.path.join(trained, "stage1", "model.keras")
-    model_dir = str(tmp_path / "two")
-    flags = [*MODEL, "--dataset=digits", "--stages=1,2", "--epochs=1", "--batch_size=32"]
-    flags += ["--train_subset=64", "--image_size=8", "--learning_rate=1e-6", "--verbose=0"]
-    assert run_main(*flags, f"--init_from={init}", f"--model_dir={model_dir}") == 0
-
+    model_dir, init = two_stages
     fresh = zoo.get_model(
         "reactnet18_nobn", stage=2, stem="cifar", input_shape=(8, 8, 3), num_classes=10
     ).get_weights()
@@ -395,6 +406,7 @@ def test_init_from_and_stage_two_start_from_stage_one(trained, tmp_path):
     assert os.path.isfile(os.path.join(model_dir, "curves.png"))
 
 
+@pytest.mark.slow(150)
 def test_a_teacher_trained_by_the_program_distills_a_student(tmp_path):
     """`--model resnet50` trains a full-precision application (new 10-class head, the
     adapter in front) with its SGD recipe in one stage; its `model.keras` is then accepted
@@ -481,14 +493,12 @@ def test_a_teacher_for_other_images_is_refused_before_training(tmp_path, capsys)
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_export_tflite_writes_a_binary_flatbuffer(tmp_path):
+def test_export_tflite_writes_a_binary_flatbuffer(two_stages):
     pytest.importorskip("larq_compute_engine")
     from larq_nobn import export
 
-    model_dir = str(tmp_path / "run")
-    flags = [*MODEL, "--dataset=digits", "--stages=2", "--epochs=1", "--batch_size=32"]
-    flags += ["--train_subset=64", "--image_size=8", "--verbose=0", "--export_tflite"]
-    assert run_main(*flags, f"--model_dir={model_dir}") == 0
+    model_dir, _ = two_stages
+    assert json.load(open(os.path.join(model_dir, "config.json")))["export_tflite"] is True
     with open(os.path.join(model_dir, "model.tflite"), "rb") as f:
         flatbuffer = f.read()
     assert export.op_counts(flatbuffer)["LceBconv2d"] == 16

@@ -190,6 +190,7 @@ def _relative_error(ours: dict, reference: dict, before: dict) -> tuple[float, d
 # ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow(25)
 @pytest.mark.parametrize(
     "name, stage, fused",
     [

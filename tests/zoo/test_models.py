@@ -256,6 +256,7 @@ def test_every_model_trains(name):
     assert all(changed) or not name.endswith("nobn")
 
 
+@pytest.mark.slow(30)
 @pytest.mark.parametrize("fmt", ["keras", "h5", "tf"])
 def test_save_and_load(fmt, tmp_path):
     model = zoo.get_model("reactnet18_nobn", input_shape=SMALL, num_classes=10, stem="cifar")

@@ -300,6 +300,7 @@ def ties(inputs: dict[str, np.ndarray], signs: dict[str, np.ndarray]) -> np.ndar
     return tie
 
 
+@pytest.mark.slow(50)
 @pytest.mark.parametrize(
     "backbone,size,binary_convs",
     [("reactnet18", 32, 16), ("reactnet_a", 64, 31)],

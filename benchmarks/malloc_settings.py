@@ -15,6 +15,8 @@ import sys
 
 import common
 
+from larq_nobn.memory import GLIBC_VARIABLES
+
 CHILD = r"""
 import sys, time
 sys.path.insert(0, {benchmarks!r})
@@ -52,7 +54,7 @@ def measure(model: str, size: int, batch: int, env_extra: dict) -> tuple[float, 
     code = CHILD.format(
         benchmarks=os.path.dirname(os.path.abspath(__file__)), model=model, size=size, batch=batch
     )
-    env = {k: v for k, v in os.environ.items() if k not in common.larq_nobn.memory.GLIBC_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in GLIBC_VARIABLES}
     env.update(env_extra)
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True

@@ -64,14 +64,15 @@ class Stage:
         self._announce(student)
         state = self.directory.training_state(stage)
         initial_epoch = self._start(model, student, state)
+        last_validation = None
         if initial_epoch < self.config.epochs:
-            self._fit(model, state, initial_epoch)
+            last_validation = self._fit(model, state, initial_epoch)
         if state.nan_epoch is not None:
             raise TrainingError(
                 f"the loss became NaN or infinite in stage {stage}, epoch {state.nan_epoch}; "
                 f"the last good checkpoint is {state.latest_checkpoint}"
             )
-        result, history = self._evaluate(model, state)
+        result, history = self._evaluate(model, state, last_validation)
         if self.directory.chief:
             self.models.save_student(student, self.directory.stage_dir(stage))
         self.directory.finish_stage(stage, state, result)
@@ -103,13 +104,17 @@ class Stage:
             print(f"Resuming stage {self.stage} after epoch {initial_epoch} from {state.restored}")
         return initial_epoch
 
-    def _fit(self, model: tf.keras.Model, state: outputs.TrainingState, initial_epoch: int) -> None:
+    def _fit(
+        self, model: tf.keras.Model, state: outputs.TrainingState, initial_epoch: int
+    ) -> dict | None:
+        """Trains to the last epoch; returns the last epoch's test-set metrics (without
+        their `val_` prefix), or None if the fit stopped before its last epoch."""
         config = self.config
         callbacks = [*self.callbacks, state, tf.keras.callbacks.TerminateOnNaN()]
         if self.directory.chief:
             logs = os.path.join(self.directory.stage_dir(self.stage), "logs")
             callbacks.append(tf.keras.callbacks.TensorBoard(logs, profile_batch=0))
-        model.fit(
+        fit = model.fit(
             self.feed.train_data(self.stage, initial_epoch),
             epochs=config.epochs,
             steps_per_epoch=self.feed.steps_per_epoch,
@@ -118,12 +123,29 @@ class Stage:
             callbacks=callbacks,
             verbose=config.verbose,
         )
+        if len(fit.epoch) != config.epochs - initial_epoch or model.optimizer.use_ema:
+            return None  # stopped early, or the weights change after the last epoch
+        return {
+            name[len("val_") :]: values[-1]
+            for name, values in fit.history.items()
+            if name.startswith("val_")
+        }
 
     def _evaluate(
-        self, model: tf.keras.Model, state: outputs.TrainingState
+        self,
+        model: tf.keras.Model,
+        state: outputs.TrainingState,
+        last_validation: dict | None = None,
     ) -> tuple[dict, list[dict]]:
-        """(metrics, history): test accuracy and loss, last train accuracy, epochs, steps."""
-        evaluation = model.evaluate(self.feed.test_ds, verbose=0, return_dict=True)
+        """(metrics, history): test accuracy and loss, last train accuracy, epochs, steps.
+
+        `last_validation`, the test-set metrics `fit` computed after the last epoch, are the
+        final ones: the weights and the test set are those `evaluate` would see, and on
+        every worker alike (each ran the same fit), so the test set is not run again.
+        """
+        evaluation = last_validation
+        if not evaluation or not {"accuracy", "loss"} <= evaluation.keys():
+            evaluation = model.evaluate(self.feed.test_ds, verbose=0, return_dict=True)
         history = state.history()
         result = {
             "test_accuracy": float(evaluation["accuracy"]),

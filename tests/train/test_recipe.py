@@ -1,5 +1,8 @@
 """Tests for train/recipe.py: schedule, optimizer (AGC, decay, Adam), losses, distillation."""
 
+import csv
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -157,6 +160,40 @@ def test_a_stage_traces_its_training_step_once(tmp_path):
     model.fit(images, np.zeros(8, np.int64), batch_size=4, epochs=2, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 4
     assert model.train_function.experimental_get_tracing_count() == 1
+
+
+def test_a_stage_runs_the_test_set_once_per_epoch_and_reports_the_last(tmp_path, monkeypatch):
+    """The test-set metrics `fit` computes after the last epoch are the stage's: no
+    evaluation after `fit` (the weights and the test set are the same), and the metrics
+    written are that last epoch's validation."""
+    from larq_nobn.train.runner import Run
+
+    evaluations = []
+    evaluate = tf.keras.Model.evaluate
+
+    def counted(model, *args, **kwargs):
+        evaluations.append("fit" if kwargs.get("_use_cached_eval_dataset") else "after fit")
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(tf.keras.Model, "evaluate", counted)
+    config = Config(
+        model="reactnet18_nobn",
+        dataset="synthetic",
+        model_dir=str(tmp_path),
+        stem="cifar",
+        image_size=8,
+        batch_size=4,
+        epochs=2,
+        stages=(1,),
+        verbose=0,
+    ).resolved()
+    Run(config).run()
+    assert evaluations == ["fit", "fit"]
+    metrics = json.load(open(tmp_path / "stage1" / "metrics.json"))
+    with open(tmp_path / "stage1" / "history.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert metrics["test_accuracy"] == float(last["val_accuracy"])
+    assert metrics["test_loss"] == float(last["val_loss"])
 
 
 # ----------------------------------------------------------------------------- losses

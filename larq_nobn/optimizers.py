@@ -482,15 +482,42 @@ class TorchAdam(tf.keras.optimizers.Adam):
             container = getattr(getattr(variable, "handle", None), "_distributed_container", None)
         return self._use_weight_decay(container() if container is not None else variable)
 
-    def update_step(self, gradient, variable):
-        dtype = variable.dtype
-        if isinstance(gradient, tf.IndexedSlices):
-            gradient = tf.convert_to_tensor(gradient)
+    def apply_gradients(self, grads_and_vars, *args, **kwargs):
+        # The step's scalars are made once per call for all variables (see `_scalars`).
+        object.__setattr__(self, "_step_scalars", {})
+        try:
+            return super().apply_gradients(grads_and_vars, *args, **kwargs)
+        finally:
+            object.__setattr__(self, "_step_scalars", {})
+
+    def _scalars(self, dtype: tf.DType) -> tuple[tf.Tensor, ...]:
+        """(lr, beta_1, beta_2, beta_1^t, beta_2^t, the fused kernel's epsilon) of this
+        step in `dtype`.
+
+        Computed once per `apply_gradients` call, graph and dtype and shared by every
+        variable's update: the same values as computing them per variable, with a dozen
+        ops per variable fewer to trace, optimize and run (2,000 on ReActNet-A).
+        """
+        cache = self.__dict__.get("_step_scalars")
+        key = (tf.compat.v1.get_default_graph(), dtype)
+        if cache is not None and not tf.executing_eagerly() and key in cache:
+            return cache[key]
         lr = tf.cast(self.learning_rate, dtype)
         step = tf.cast(self.iterations + 1, dtype)
         beta_1 = tf.cast(self.beta_1, dtype)
         beta_2 = tf.cast(self.beta_2, dtype)
         beta_1_power, beta_2_power = tf.pow(beta_1, step), tf.pow(beta_2, step)
+        fused_epsilon = tf.cast(self.epsilon, dtype) * tf.sqrt(1 - beta_2_power)
+        scalars = (lr, beta_1, beta_2, beta_1_power, beta_2_power, fused_epsilon)
+        if cache is not None:
+            cache[key] = scalars
+        return scalars
+
+    def update_step(self, gradient, variable):
+        dtype = variable.dtype
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.convert_to_tensor(gradient)
+        lr, beta_1, beta_2, beta_1_power, beta_2_power, fused_epsilon = self._scalars(dtype)
         index = self._index_dict[self._var_key(variable)]
         m, v = self._momentums[index], self._velocities[index]
 
@@ -506,7 +533,7 @@ class TorchAdam(tf.keras.optimizers.Adam):
                 lr=lr,
                 beta1=beta_1,
                 beta2=beta_2,
-                epsilon=tf.cast(self.epsilon, dtype) * tf.sqrt(1 - beta_2_power),
+                epsilon=fused_epsilon,
                 grad=gradient,
             )
             return

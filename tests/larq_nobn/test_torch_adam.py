@@ -190,3 +190,35 @@ def test_jit_compile_matches():
     jit = _run(TorchAdam(1e-3, weight_decay=1e-3, jit_compile=True), params, grads)
     for k in params:
         np.testing.assert_allclose(jit[k], eager[k], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_step_makes_its_scalars_once_for_all_variables(fused):
+    """lr, the betas and their powers are made once per `apply_gradients` and shared by
+    every variable's update; a second apply in the same graph makes its own (its step
+    count is one more), and two steps in one graph equal two eager steps."""
+    shapes = [(3,), (2, 2), (4, 1), (5,)]
+    rng = np.random.default_rng(0)
+    grads = [[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(2)]
+
+    def make():
+        variables = [tf.Variable(np.ones(s, np.float32)) for s in shapes]
+        optimizer = TorchAdam(1e-2, weight_decay=1e-2, fused=fused)
+        optimizer.build(variables)
+        return variables, optimizer
+
+    variables, optimizer = make()
+
+    @tf.function
+    def two_steps():
+        for step_grads in grads:
+            optimizer.apply_gradients(zip(step_grads, variables, strict=True))
+
+    graph = two_steps.get_concrete_function().graph
+    assert sum(op.type == "Pow" for op in graph.get_operations()) == 2 * 2
+    two_steps()
+    eager_variables, eager_optimizer = make()
+    for step_grads in grads:
+        eager_optimizer.apply_gradients(zip(step_grads, eager_variables, strict=True))
+    for graph_variable, eager_variable in zip(variables, eager_variables, strict=True):
+        np.testing.assert_array_equal(graph_variable.numpy(), eager_variable.numpy())

@@ -15,7 +15,7 @@ def digits() -> np.ndarray:
     return next(iter(test))[0].numpy()
 
 
-@pytest.mark.slow(45)
+@pytest.mark.slow(55)
 def test_command_line_plots_the_variants_and_a_trained_model(tmp_path, capsys, digits):
     """`larq-nobn-spp --trained nobn=PATH`: the three variants at init and the
     saved model, measured on the same images (its printed numbers are its statistics)."""

@@ -195,7 +195,7 @@ def test_multi_worker_without_usable_tf_config(tf_config_value, marked_dir, caps
 # ----------------------------------------------------------------------------- 5. NaN
 
 
-@pytest.mark.slow(80)
+@pytest.mark.slow(110)
 def test_nan_stops_with_exit_1_and_a_loadable_last_good_checkpoint(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     nan = faulty_program.NanAtEpoch(2)
@@ -224,7 +224,7 @@ def test_nan_stops_with_exit_1_and_a_loadable_last_good_checkpoint(tmp_path, cap
 # ----------------------------------------------------------------------------- 7. precision
 
 
-@pytest.mark.slow(50)
+@pytest.mark.slow(100)
 def test_mixed_bfloat16_trains_on_cpu_with_a_float32_classifier(tmp_path):
     model_dir = str(tmp_path / "run")
     args = [*MODEL, "--dataset=digits", "--stages=1", "--train_subset=128", "--batch_size=32"]
@@ -339,7 +339,7 @@ def _run_state(model_dir) -> dict[str, bool]:
     }
 
 
-@pytest.mark.slow(300)
+@pytest.mark.slow(410)
 def test_sigkill_at_every_moment_then_rerun_ends_with_the_uninterrupted_weights(tmp_path):
     """One two-stage run killed with SIGKILL during start-up, during a checkpoint write,
     inside a stage-1 epoch, at the stage handoff and inside a stage-2 epoch, rerun after
@@ -455,7 +455,7 @@ def test_a_resumed_run_sees_the_data_of_an_uninterrupted_one():
 # ----------------------------------------------------------------------------- 2. workers
 
 
-@pytest.mark.slow(110)
+@pytest.mark.slow(130)
 def test_two_workers_agree_and_only_the_chief_writes(tmp_path):
     model_dir = str(tmp_path / "run")
     args = [*TINY, "--epochs=2", "--strategy=multi_worker", f"--model_dir={model_dir}"]
@@ -492,7 +492,7 @@ def test_two_workers_agree_and_only_the_chief_writes(tmp_path):
     assert os.listdir(tmp_path / "worker_tmp1") == []
 
 
-@pytest.mark.slow(200)
+@pytest.mark.slow(230)
 def test_killed_workers_resume_from_the_chiefs_checkpoint(tmp_path):
     """Both workers killed after the chief's first checkpoint; rerun, the non-chief
     restores the chief's checkpoint too, and the run ends with epochs 1..3 and both workers

@@ -406,7 +406,7 @@ def test_init_from_and_stage_two_start_from_stage_one(two_stages):
     assert os.path.isfile(os.path.join(model_dir, "curves.png"))
 
 
-@pytest.mark.slow(150)
+@pytest.mark.slow(180)
 def test_a_teacher_trained_by_the_program_distills_a_student(tmp_path):
     """`--model resnet50` trains a full-precision application (new 10-class head, the
     adapter in front) with its SGD recipe in one stage; its `model.keras` is then accepted

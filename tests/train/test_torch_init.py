@@ -16,6 +16,7 @@ MODEL += ["--epochs=1", "--batch_size=32", "--train_subset=64", "--image_size=8"
 MODEL += ["--verbose=0"]
 
 
+@pytest.mark.slow(35)
 def test_training_starts_from_a_torch_checkpoint(tmp_path):
     """One stage at lr 1e-6 from a reference checkpoint: the run pads as PyTorch does, and
     its weights start from the file's (within two tiny Adam steps of them)."""

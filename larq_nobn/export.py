@@ -469,7 +469,7 @@ def convert(model: tf.keras.Model, fold: bool = True, **kwargs) -> bytes:
         weights.update(_fold_scales_before_signs(model, config))
     trimmed = _trim_unread_padding(model, config)
     weights.update(_pad_small_binary_inputs_with_ones(model, config, weights))
-    if fold or trimmed or weights:
+    if trimmed or weights:
         model = _rebuild(model, config, weights)
     with tempfile.TemporaryDirectory() as directory:
         _save_serving_function(model, directory)

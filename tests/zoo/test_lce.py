@@ -52,7 +52,7 @@ def test_reactnet18_nobn_converts_to_16_binary_convolutions():
     assert export.top1_agreement(model, flatbuffer, x) == 1.0
 
 
-@pytest.mark.slow(60)
+@pytest.mark.slow(40)
 @pytest.mark.parametrize(
     "norm,padding", [("bn", "keras"), ("nobn", "keras"), ("none", "keras"), ("nobn", "torch")]
 )
@@ -101,7 +101,7 @@ def test_binary_convolutions_larger_than_their_inputs_are_padded_with_zeros(size
     assert relative_error(model, unaided, x) > 0.1
 
 
-@pytest.mark.slow(30)
+@pytest.mark.slow(15)
 def test_rescalings_seen_only_by_signs_are_folded_into_the_biases():
     """`export.fold_scales_before_signs`: same outputs, fewer multiplications."""
     model = zoo.get_model(
@@ -126,7 +126,7 @@ def test_rescalings_seen_only_by_signs_are_folded_into_the_biases():
     assert counts["MUL"] == 3 and counts["LceBconv2d"] == 16
 
 
-@pytest.mark.slow(80)
+@pytest.mark.slow(45)
 def test_exported_graph_does_not_depend_on_the_gradients():
     # Inference has no gradients: the same operators compute the same outputs. (The bn
     # variant, whose convolutions reach the converter as they are; the nobn variant's are

@@ -40,6 +40,9 @@ def randomized(model, seed=1):
 
 
 def test_reactnet18_nobn_converts_to_16_binary_convolutions():
+    # Seeded: an unseeded model can put a sign input within rounding of zero on one of
+    # the images, and the top-1 check below would then fail on a tie.
+    tf.keras.utils.set_random_seed(0)
     model = zoo.get_model(
         "reactnet18_nobn", stage=2, stem="cifar", input_shape=(32, 32, 3), num_classes=10
     )

@@ -185,6 +185,7 @@ def test_a_stage_runs_the_test_set_once_per_epoch_and_reports_the_last(tmp_path,
         batch_size=4,
         epochs=2,
         stages=(1,),
+        train_subset=16,
         verbose=0,
     ).resolved()
     Run(config).run()

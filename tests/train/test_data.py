@@ -191,6 +191,16 @@ def test_synthetic():
     assert _collect(test)[0].shape == (10, 12, 12, 3)
 
 
+def test_synthetic_train_subset_trains_on_fewer_and_keeps_the_test_split():
+    train, test, info = data.load(
+        "synthetic", global_batch_size=4, synthetic_examples=40, train_subset=8
+    )
+    _, full_test, full_info = data.load("synthetic", global_batch_size=4, synthetic_examples=40)
+    assert (info.train_examples, full_info.train_examples) == (8, 40)
+    assert _collect(train)[0].shape[0] == 8  # two batches of 4 per epoch
+    np.testing.assert_array_equal(_collect(test)[0], _collect(full_test)[0])
+
+
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
 

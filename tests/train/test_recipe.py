@@ -1,6 +1,5 @@
 """Tests for train/recipe.py: schedule, optimizer (AGC, decay, Adam), losses, distillation."""
 
-import csv
 import json
 
 import numpy as np
@@ -10,6 +9,7 @@ import tensorflow as tf
 from larq_nobn import zoo
 from larq_nobn.train import recipe
 from larq_nobn.train.config import Config
+from tests.train.program import read_history
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -141,20 +141,25 @@ def test_compiled_run_has_no_loss_term_and_decays_per_stage(tmp_path):
         assert model.optimizer.inner_optimizer.weight_decay == decay
 
 
+def _tiny_config(model_dir, **options) -> Config:
+    """A ReActNet-18 run on 8x8 synthetic images in batches of 4, resolved."""
+    return Config(
+        model="reactnet18_nobn",
+        dataset="synthetic",
+        model_dir=str(model_dir),
+        stem="cifar",
+        image_size=8,
+        batch_size=4,
+        **options,
+    ).resolved()
+
+
 def test_a_stage_traces_its_training_step_once(tmp_path):
     """The optimizer's slots exist before the first step: a step that created them would
     be traced twice by `tf.function` (once creating variables, once not)."""
     from larq_nobn.train.runner import Run
 
-    config = Config(
-        model="reactnet18_nobn",
-        dataset="synthetic",
-        model_dir=str(tmp_path),
-        stem="cifar",
-        image_size=8,
-        batch_size=4,
-    ).resolved()
-    model, _ = Run(config).models.build(1)
+    model, _ = Run(_tiny_config(tmp_path)).models.build(1)
     assert len(model.optimizer.variables) > 1  # iterations and Adam's slots
     images = np.zeros((8, 8, 8, 3), np.float32)
     model.fit(images, np.zeros(8, np.int64), batch_size=4, epochs=2, verbose=0)
@@ -176,23 +181,10 @@ def test_a_stage_runs_the_test_set_once_per_epoch_and_reports_the_last(tmp_path,
         return evaluate(model, *args, **kwargs)
 
     monkeypatch.setattr(tf.keras.Model, "evaluate", counted)
-    config = Config(
-        model="reactnet18_nobn",
-        dataset="synthetic",
-        model_dir=str(tmp_path),
-        stem="cifar",
-        image_size=8,
-        batch_size=4,
-        epochs=2,
-        stages=(1,),
-        train_subset=16,
-        verbose=0,
-    ).resolved()
-    Run(config).run()
+    Run(_tiny_config(tmp_path, epochs=2, stages=(1,), train_subset=16, verbose=0)).run()
     assert evaluations == ["fit", "fit"]
     metrics = json.load(open(tmp_path / "stage1" / "metrics.json"))
-    with open(tmp_path / "stage1" / "history.csv", newline="") as f:
-        last = list(csv.DictReader(f))[-1]
+    last = read_history(tmp_path / "stage1")[-1]
     assert metrics["test_accuracy"] == float(last["val_accuracy"])
     assert metrics["test_loss"] == float(last["val_loss"])
 

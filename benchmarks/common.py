@@ -62,10 +62,17 @@ def machine_description() -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        first = cpuinfo.read_text().split("\n\n")[0]  # the first processor's block
+        fields = dict(
+            (key.strip(), value.strip())
+            for key, _, value in (line.partition(":") for line in first.splitlines())
+        )
+        # Hosts of one name differ by generation (AMD: family 25 is Zen 3, 26 Zen 5), and
+        # so do TensorFlow's CPU kernels on them.
+        cpu = (
+            f"{fields.get('model name', cpu)}, "
+            f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+        )
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     versions = ", ".join(
         f"{name} {_version(name)}"

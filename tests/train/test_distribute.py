@@ -122,8 +122,15 @@ def test_mirrored_on_two_devices_matches_one_device(one_device_run, tmp_path, ca
     assert optimizer_iterations(one_device_run) == optimizer_iterations(mirrored) == 4
     single, double = saved_weights(one_device_run), saved_weights(mirrored)
     assert [w.shape for w in single] == [w.shape for w in double]
+    # The replicas' gradients are summed in another order than one device's: Adam turns a
+    # rounding difference in a near-zero gradient into an update difference of up to lr
+    # (5e-4). On a 2-core AMD EPYC of family 26, 1 weight of ReActNet-18's 11.2M ends
+    # 2e-5 away (1.6e-5 with TensorFlow's convolution gradients), all others within 1e-5.
+    off = 0
     for a, b in zip(single, double, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        off += np.sum(~np.isclose(a, b, rtol=1e-4, atol=1e-5))
+    assert off <= 1e-6 * sum(w.size for w in single)
 
 
 # ----------------------------------------------------------------------------- 4. finished

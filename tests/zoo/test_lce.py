@@ -7,6 +7,7 @@ import tensorflow as tf
 import larq_nobn
 from larq_nobn import export, zoo
 from tests.zoo.images import digits
+from tests.zoo.sign_ties import flatbuffer_outputs, sign_inputs, ties
 
 pytest.importorskip("larq_compute_engine")
 
@@ -40,8 +41,6 @@ def randomized(model, seed=1):
 
 
 def test_reactnet18_nobn_converts_to_16_binary_convolutions():
-    # Seeded: an unseeded model can put a sign input within rounding of zero on one of
-    # the images, and the top-1 check below would then fail on a tie.
     tf.keras.utils.set_random_seed(0)
     model = zoo.get_model(
         "reactnet18_nobn", stage=2, stem="cifar", input_shape=(32, 32, 3), num_classes=10
@@ -51,8 +50,19 @@ def test_reactnet18_nobn_converts_to_16_binary_convolutions():
     # 16 binary 3x3 convolutions; the stem and the 3 downsample 1x1 (real inputs) stay float.
     assert counts["LceBconv2d"] == 16
     assert counts["CONV_2D"] == 4
-    x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype("float32")
-    assert export.top1_agreement(model, flatbuffer, x) == 1.0
+    x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype("float32")
+    logits = model(x).numpy()
+    flat_logits, flat_signs = flatbuffer_outputs(flatbuffer, x)
+    # The converter fuses each sign's bias into the operation before it, so the quantizers'
+    # inputs carry other layers' names; both lists are in the model's order.
+    inputs = sign_inputs(model, x)
+    tie = ties(inputs, dict(zip(inputs, flat_signs.values(), strict=True)))
+    # Every image agrees but a sign tie's: on a 2-core AMD EPYC of family 26, image 4's
+    # block7 binarizes an input of 1.3e-7 the other way (logits 0.2 apart), nothing else.
+    assert np.mean(tie) < 0.1
+    errors = np.abs(flat_logits - logits).max(axis=1) / np.abs(logits).max()
+    same_top1 = np.argmax(flat_logits, -1) == np.argmax(logits, -1)
+    assert np.all((errors < TOLERANCE) & same_top1 | tie)
 
 
 @pytest.mark.slow(40)

@@ -16,6 +16,12 @@ from larq_nobn.zoo import torch_weights
 torch = pytest.importorskip("torch")
 from tests.zoo import torch_models  # noqa: E402  (needs torch)
 from tests.zoo.images import digits  # noqa: E402
+from tests.zoo.sign_ties import (  # noqa: E402
+    flatbuffer_outputs,
+    sign_input_layers,
+    sign_inputs,
+    ties,
+)
 
 TOLERANCE = 1e-4  # max |keras - torch| / max |torch| over a batch of logits
 NUM_CLASSES = 10
@@ -209,29 +215,6 @@ def fit_classifier(net, x: np.ndarray, y: np.ndarray) -> None:
         net.fc.bias.copy_(torch.from_numpy(solution[-1].astype("float32")))
 
 
-# |sign input| below which float32 rounding in another order may flip the sign: the sign
-# inputs (up to ~5) of the test below differ by up to 2e-6 (PyTorch) and 4e-6 (TFLite).
-TIE = 1e-5
-
-
-def _sign_input_layers(model: tf.keras.Model) -> list[str]:
-    """The layers whose outputs `model` binarizes, in the model's order."""
-    return list(
-        dict.fromkeys(
-            layer.inbound_nodes[0].inbound_layers.name
-            for layer in model.layers
-            if getattr(getattr(layer, "input_quantizer", None), "precision", None) == 1
-        )
-    )
-
-
-def sign_inputs(model: tf.keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
-    """What `model` binarizes on `x`, by the name of the layer computing it, in order."""
-    names = _sign_input_layers(model)
-    outputs = tf.keras.Model(model.inputs, [model.get_layer(n).output for n in names])(x)
-    return {name: output.numpy() for name, output in zip(names, outputs, strict=True)}
-
-
 def torch_signs(net, model: tf.keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
     """The PyTorch model's binarizations (`torch.sign`, 0 at 0) of the tensors of
     `sign_inputs`, channels last."""
@@ -249,55 +232,13 @@ def torch_signs(net, model: tf.keras.Model, x: np.ndarray) -> dict[str, np.ndarr
         return hook
 
     hooks = [
-        modules[module_of(n)].register_forward_hook(record(n)) for n in _sign_input_layers(model)
+        modules[module_of(n)].register_forward_hook(record(n)) for n in sign_input_layers(model)
     ]
     with torch.no_grad():
         net(torch.from_numpy(x.transpose(0, 3, 1, 2)))
     for hook in hooks:
         hook.remove()
     return signs
-
-
-def flatbuffer_outputs(flatbuffer: bytes, x: np.ndarray) -> tuple[np.ndarray, dict]:
-    """The flatbuffer's logits on `x`, and its binarizations (+-1) by the name of the Keras
-    layer whose outputs they binarize: every `LceQuantize`'s output made a model output."""
-    import larq_compute_engine
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    tflite = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
-    graph = tflite.subgraphs[0]
-    quantizes = [
-        op
-        for op in graph.operators
-        if tflite.operatorCodes[op.opcodeIndex].customCode == b"LceQuantize"
-    ]
-    graph.outputs = np.array([*graph.outputs, *(op.outputs[0] for op in quantizes)], np.int32)
-    flatbuffer = bytes(flatbuffer_utils.convert_object_to_bytearray(tflite))
-    logits, *packed = larq_compute_engine.testing.Interpreter(flatbuffer).predict(x)
-    signs = {}
-    for op, words in zip(quantizes, packed, strict=True):
-        tensor = graph.tensors[op.inputs[0]]  # named "<model>/<layer>/<op>[;<fused>...]"
-        # 32 channels per int32, the first in the lowest bit; a set bit is -1.
-        bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
-        signs[tensor.name.decode().split(";")[0].split("/")[1]] = (
-            1.0 - 2.0 * bits[..., : tensor.shape[-1]]
-        )
-    return logits, signs
-
-
-def ties(inputs: dict[str, np.ndarray], signs: dict[str, np.ndarray]) -> np.ndarray:
-    """Per image, whether the first of Keras' sign `inputs` (in order) that `signs`
-    binarizes differently from larq (+1 at 0) differs only where |input| < TIE: an image
-    that float32 rounding sends down another path, whose logits can then differ by far
-    more than rounding."""
-    batch = len(next(iter(inputs.values())))
-    tie, decided = np.zeros(batch, bool), np.zeros(batch, bool)
-    for name, x in inputs.items():
-        flips = (np.where(x >= 0, 1.0, -1.0) != signs[name]).reshape(batch, -1)
-        first = flips.any(axis=1) & ~decided
-        tie |= first & ~(flips & (np.abs(x) >= TIE).reshape(batch, -1)).any(axis=1)
-        decided |= first
-    return tie
 
 
 @pytest.mark.slow(50)

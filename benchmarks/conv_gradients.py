@@ -78,6 +78,15 @@ def conv_contenders(shape: tuple) -> dict:
     }
 
 
+def ours_compute(shape: tuple) -> str:
+    """Which gradients `larq_nobn.conv2d` computes itself for `shape` in the current mode
+    (the others are TensorFlow's kernels, and the row then times the same graph twice)."""
+    _, h, w, cin, cout, k, s, padding = shape
+    out = [-(-n // s) if padding == "SAME" else (n - k) // s + 1 for n in (h, w)]
+    by_forward, by_patches = larq_nobn.conv._gradient_plan(cin, cout, out)
+    return {(True, True): "both", (True, False): "input"}.get((by_forward, by_patches), "-")
+
+
 def shapes_table(args) -> None:
     rows = []
     for size, batch in args.configs:
@@ -98,6 +107,7 @@ def shapes_table(args) -> None:
                         f"{h}x{w}",
                         f"{cin}->{cout}",
                         f"{k}x{k}/{s} {padding.lower()}",
+                        ours_compute(shape),
                         f"{fwd:.1f}",
                         f"{tf_ms:.1f}",
                         f"{ours:.1f}",
@@ -114,6 +124,7 @@ def shapes_table(args) -> None:
             "map",
             "channels",
             "kernel",
+            "ours compute",
             "forward",
             "TF grads",
             "our grads",
@@ -213,6 +224,12 @@ def main() -> None:
     parser.add_argument("--warmup_steps", type=int, default=2)
     args = parser.parse_args()
     print(common.machine_description())
+    ratio = larq_nobn.conv.gradient_kernel_ratio()
+    print(
+        f"TensorFlow's input gradient over the forward convolution (3x3, 512 channels, 1x1 map,"
+        f' batch 64): {ratio:.1f}x, so "auto" takes the rules of a '
+        f"{'slow' if ratio >= larq_nobn.conv.SLOW_KERNEL_RATIO else 'fast'} host"
+    )
     if "shapes" in args.tables:
         shapes_table(args)
     if "models" in args.tables:

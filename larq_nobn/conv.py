@@ -13,25 +13,31 @@ one forward convolution:
   of one forward convolution), interleaved back into the input grid;
 - the filter gradient is one matmul of the input's patches with the output gradient.
 
-Which convolutions take these gradients is a rule on their channels (`_gradient_plan`),
-measured per convolution of the zoo by `benchmarks/conv_gradients.py`: below it,
-TensorFlow's kernels are as fast, and the patches would cost k*k times the input's memory
-for nothing.
+Which convolutions take these gradients (`_gradient_plan`) was measured per convolution
+of the zoo by `benchmarks/conv_gradients.py`, on both kinds of host: a rule on their
+channels (below it TensorFlow's kernels are as fast, and the patches would cost k*k times
+the input's memory for nothing) and, where this process's probe finds TensorFlow's input
+gradient kernel as fast as the forward convolution (`slow_gradient_kernels`), only the
+convolutions with one-pixel outputs, the one place ours still win there.
 
 `conv2d` computes exactly what `tf.nn.conv2d` computes, forward and backward (to float32
 rounding). Every convolution layer of `larq_nobn`, and the `QuantConv2D` the zoo uses for
 its batch-norm and no-norm variants, calls it through `FastGradientConv`.
 
 Where it applies is a process-wide setting, read when a layer's call is traced:
-`set_conv_gradients("auto")` (the default: the channel rule on CPU-only machines,
+`set_conv_gradients("auto")` (the default: the rules above on CPU-only machines,
 TensorFlow's kernels as soon as a GPU is visible), `"forward"` (ours for every
-convolution) or `"tensorflow"` (TensorFlow's own kernels everywhere).
+convolution) or `"tensorflow"` (TensorFlow's own kernels everywhere). The environment
+variable `LARQ_NOBN_CONV_GRADIENTS` sets the mode a process starts with.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import larq as lq
@@ -40,13 +46,24 @@ import tensorflow as tf
 from larq_nobn.registry import keras_serializable
 
 MODES = ("auto", "forward", "tensorflow")
-_mode = "auto"
+MODE_VARIABLE = "LARQ_NOBN_CONV_GRADIENTS"
+_mode = os.environ.get(MODE_VARIABLE, "auto")
+if _mode not in MODES:
+    raise ValueError(f"{MODE_VARIABLE} must be one of {MODES}, got {_mode!r}.")
 
 # Under "auto", ours replace TensorFlow's kernels from these channel products (in * out)
 # on: below them TensorFlow's kernels are as fast or faster on every CPU measured
 # (benchmarks/conv_gradients.py prints both, per convolution of the zoo).
 INPUT_GRADIENT_MIN_CHANNELS = 128 * 128
 FILTER_GRADIENT_MIN_CHANNELS = 512 * 512
+# Where TensorFlow's gradient kernels are fast, ours only for outputs of one pixel: there
+# they still win (1.2-3.8x), on 2x2 outputs it is a tie (0.87-1.16), above TensorFlow's win.
+FAST_HOST_MAX_OUTPUT = 1
+# TensorFlow's input gradient over the forward convolution, in the probe's convolution,
+# from which a host counts as slow: 35-90 on the slow hosts measured, 1.4-1.9 on the others.
+SLOW_KERNEL_RATIO = 8.0
+_slow_kernels: bool | None = None
+_probe_lock = threading.Lock()
 
 
 def set_conv_gradients(mode: str) -> str:
@@ -84,14 +101,71 @@ def conv_gradients(mode: str) -> Iterator[None]:
         set_conv_gradients(previous)
 
 
-def _gradient_plan(in_channels: int, out_channels: int) -> tuple[bool, bool]:
+def _best_time(op, runs: int) -> float:
+    op().numpy()  # kernel selection and allocations happen on the first call
+    best = math.inf
+    for _ in range(runs):
+        start = time.perf_counter()
+        op().numpy()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def gradient_kernel_ratio() -> float:
+    """TensorFlow's CPU input-gradient kernel's time over the forward convolution's.
+
+    Measured on the convolution where the slow hosts are slowest: 3x3, 512 -> 512 channels,
+    a 1x1 map, batch 64 (best of 3 forward calls, of 2 `Conv2DBackpropInput` calls). It
+    takes 10 ms on a fast host, an estimated 1.5 s on a slow one (three slow calls).
+
+    Returns:
+        The ratio of the two times: 35-90 on the hosts where the kernel is slow (AMD EPYC
+        of family 25), 1.4-1.9 where it is not (family 26).
+    """
+    with tf.init_scope(), tf.device("/CPU:0"):  # eagerly, also when called in a trace
+        x = tf.fill([64, 1, 1, 512], 0.5)
+        w = tf.fill([3, 3, 512, 512], 0.01)
+        forward = _best_time(lambda: tf.nn.conv2d(x, w, 1, "SAME"), runs=3)
+        backward = _best_time(
+            lambda: tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=x.shape, filter=w, out_backprop=x, strides=[1] * 4, padding="SAME"
+            ),
+            runs=2,
+        )
+    return backward / forward
+
+
+def slow_gradient_kernels() -> bool:
+    """Whether TensorFlow's input-gradient kernel is slow on this host's CPU.
+
+    Hosts of one kind differ: on some, `Conv2DBackpropInput` over a small map with many
+    channels is 35-90x slower than the forward convolution, on others it is as fast. The
+    first call measures it (`gradient_kernel_ratio`), once per process; "auto" reads it.
+
+    Returns:
+        True where the ratio is at least `SLOW_KERNEL_RATIO`.
+    """
+    global _slow_kernels
+    with _probe_lock:  # a mirrored strategy traces its replicas in threads
+        if _slow_kernels is None:
+            _slow_kernels = gradient_kernel_ratio() >= SLOW_KERNEL_RATIO
+    return _slow_kernels
+
+
+def _gradient_plan(
+    in_channels: int, out_channels: int, out_sizes: Sequence[int]
+) -> tuple[bool, bool]:
     """(input gradient by forward convolutions, filter gradient by a matmul of patches)."""
     if _mode == "tensorflow" or (_mode == "auto" and tf.config.list_logical_devices("GPU")):
         return False, False
     if _mode == "forward":
         return True, True
     channels = in_channels * out_channels
-    return channels >= INPUT_GRADIENT_MIN_CHANNELS, channels >= FILTER_GRADIENT_MIN_CHANNELS
+    by_forward = channels >= INPUT_GRADIENT_MIN_CHANNELS
+    by_patches = channels >= FILTER_GRADIENT_MIN_CHANNELS
+    if by_forward and max(out_sizes) > FAST_HOST_MAX_OUTPUT and not slow_gradient_kernels():
+        return False, False
+    return by_forward, by_patches
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -287,7 +361,11 @@ def conv2d(
     if None in sizes or None in kernel.shape:
         return tf.nn.conv2d(inputs, kernel, strides, tf_padding)
     pads = _spatial_padding(padding, sizes, kernel.shape[:2], strides)
-    by_forward, by_patches = _gradient_plan(kernel.shape[2], kernel.shape[3])
+    out_sizes = [
+        (n + before + after - k) // s + 1
+        for n, (before, after), k, s in zip(sizes, pads, kernel.shape[:2], strides, strict=True)
+    ]
+    by_forward, by_patches = _gradient_plan(kernel.shape[2], kernel.shape[3], out_sizes)
     if not (by_forward or by_patches):
         return tf.nn.conv2d(inputs, kernel, strides, tf_padding)
     explicit = dict(

@@ -1,6 +1,9 @@
 """Tests of `larq_nobn.conv`: forward-kernel convolution gradients equal TensorFlow's."""
 
 import itertools
+import os
+import subprocess
+import sys
 
 import larq as lq
 import numpy as np
@@ -83,21 +86,53 @@ def gradient_ops(fn, x, w) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "mode,channels,tf_input,tf_filter",
+    "mode,slow_host,channels,size,stride,tf_input,tf_filter",
     [
-        ("tensorflow", 512, True, True),
-        ("forward", 8, False, False),
-        ("auto", 8, True, True),  # few channels: TensorFlow's kernels are as fast
-        ("auto", 128, False, True),  # 128 * 128: the input gradient is ours
-        ("auto", 512, False, False),  # 512 * 512: both are ours
+        ("tensorflow", True, 512, 4, 1, True, True),
+        ("forward", False, 8, 4, 1, False, False),
+        ("auto", True, 8, 4, 1, True, True),  # few channels: TensorFlow's kernels are as fast
+        ("auto", True, 128, 4, 1, False, True),  # 128 * 128: the input gradient is ours
+        ("auto", True, 512, 4, 1, False, False),  # 512 * 512: both are ours
+        ("auto", False, 512, 2, 1, True, True),  # a fast host: TensorFlow's on 2x2 outputs
+        ("auto", False, 128, 1, 1, False, True),  # and ours on 1x1 ones, by the channel rule
+        ("auto", False, 512, 1, 1, False, False),
+        ("auto", False, 512, 2, 2, False, False),  # a 2x2 map at stride 2: a 1x1 output
     ],
 )
-def test_which_kernels_compute_the_gradients(mode, channels, tf_input, tf_filter):
-    x, w = random(2, 4, 4, channels), random(3, 3, channels, channels)
+def test_which_kernels_compute_the_gradients(
+    mode, slow_host, channels, size, stride, tf_input, tf_filter, monkeypatch
+):
+    monkeypatch.setattr(conv, "_slow_kernels", slow_host)
+    x, w = random(2, size, size, channels), random(3, 3, channels, channels)
     with larq_nobn.conv_gradients(mode):
-        ops = gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, 1), x, w)
+        ops = gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, stride), x, w)
     assert ("Conv2DBackpropInput" in ops) == tf_input
     assert ("Conv2DBackpropFilter" in ops) == tf_filter
+
+
+@pytest.mark.parametrize("ratio,slow", [(60.0, True), (conv.SLOW_KERNEL_RATIO, True), (1.5, False)])
+def test_the_host_is_probed_once_and_only_where_it_decides(ratio, slow, monkeypatch):
+    calls = []
+    monkeypatch.setattr(conv, "_slow_kernels", None)
+    monkeypatch.setattr(conv, "gradient_kernel_ratio", lambda: calls.append(1) or ratio)
+    small, large = random(2, 1, 1, 512), random(2, 2, 2, 512)
+    w = random(3, 3, 512, 512)
+    gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, 1), small, w)  # ours on any host
+    assert calls == []
+    for _ in range(2):
+        ops = gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, 1), large, w)
+        assert ("Conv2DBackpropInput" in ops) != slow
+    assert calls == [1]
+    assert conv.slow_gradient_kernels() == slow
+
+
+def test_the_probe_measures_the_kernels():
+    # A real measurement: its value depends on the host (35-90 or 1.4-1.9), its being a
+    # positive time ratio does not; the probe must leave no trace in a graph it runs in.
+    ratio = conv.gradient_kernel_ratio()
+    assert 0.0 < ratio < 1e3
+    graph = tf.function(lambda: conv.gradient_kernel_ratio() * tf.ones([])).get_concrete_function()
+    assert "Conv2DBackpropInput" not in {op.type for op in graph.graph.get_operations()}
 
 
 def test_auto_keeps_tensorflows_kernels_where_a_gpu_is_visible(monkeypatch):
@@ -268,3 +303,17 @@ def test_unknown_height_and_width_take_tensorflows_gradients(forward_gradients):
         assert_relative(a, b, 1e-6)
     ops = {op.type for op in traced.get_concrete_function().graph.get_operations()}
     assert "Conv2DBackpropInput" in ops
+
+
+@pytest.mark.parametrize("value", ["tensorflow", "forward", "fastest"])
+def test_the_environment_sets_the_starting_mode(value):
+    code = "from larq_nobn import conv; print(conv.get_conv_gradients())"
+    env = {**os.environ, conv.MODE_VARIABLE: value, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if value in conv.MODES:
+        assert result.stdout.split()[-1] == value
+    else:
+        assert result.returncode != 0
+        assert f"LARQ_NOBN_CONV_GRADIENTS must be one of {conv.MODES}, got 'fastest'" in (
+            result.stderr
+        )

@@ -6,9 +6,10 @@ Two tables, each measured in alternating rounds in one process:
    forward convolution, and forward plus input and filter gradients with TensorFlow's
    `Conv2DBackpropInput` / `Conv2DBackpropFilter` against ours;
 2. per zoo model: the forward pass (training mode) and a training step with the paper's
-   optimizer, "before" (TensorFlow's convolution gradients, `TorchAdam(fused=False)`) and
-   "after" (this package's defaults: `set_conv_gradients("auto")`, the recipe's fused
-   Adam), their ratio, images/s, and nobn/bn images/s.
+   optimizer, "before" (TensorFlow's convolution gradients, `TorchAdam(fused=False)`),
+   "tf grads" (TensorFlow's convolution gradients, the recipe's fused Adam) and "after"
+   (this package's defaults: `set_conv_gradients("auto")`, the fused Adam), their ratio,
+   images/s, and nobn/bn images/s.
 
     python benchmarks/conv_gradients.py                       # both tables, 32:64 and 224:32
     python benchmarks/conv_gradients.py --tables shapes --configs 32:64
@@ -25,8 +26,13 @@ import tensorflow as tf
 
 import larq_nobn
 
-# (convolution gradients, fused Adam) before and after the forward-kernel gradients.
-SETUPS = {"before": ("tensorflow", False), "after": ("auto", True)}
+# (convolution gradients, fused Adam): before the forward-kernel gradients and the fused
+# Adam, TensorFlow's gradients with today's optimizer, and today's defaults.
+SETUPS = {
+    "before": ("tensorflow", False),
+    "tf grads": ("tensorflow", True),
+    "after": ("auto", True),
+}
 ZOO_NORMS = ("bn", "nobn", "none")
 
 

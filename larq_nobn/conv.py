@@ -60,7 +60,7 @@ FILTER_GRADIENT_MIN_CHANNELS = 512 * 512
 # they still win (1.2-3.8x), on 2x2 outputs it is a tie (0.87-1.16), above TensorFlow's win.
 FAST_HOST_MAX_OUTPUT = 1
 # TensorFlow's input gradient over the forward convolution, in the probe's convolution,
-# from which a host counts as slow: 35-90 on the slow hosts measured, 1.4-1.9 on the others.
+# from which a host counts as slow: about 90 on the slow hosts, 1.4-1.9 on the others.
 SLOW_KERNEL_RATIO = 8.0
 _slow_kernels: bool | None = None
 _probe_lock = threading.Lock()
@@ -116,11 +116,12 @@ def gradient_kernel_ratio() -> float:
 
     Measured on the convolution where the slow hosts are slowest: 3x3, 512 -> 512 channels,
     a 1x1 map, batch 64 (best of 3 forward calls, of 2 `Conv2DBackpropInput` calls). It
-    takes 10 ms on a fast host, an estimated 1.5 s on a slow one (three slow calls).
+    takes 10-70 ms on a fast host (the first call of a process is the slower), an
+    estimated 1.5 s on a slow one (three slow calls).
 
     Returns:
-        The ratio of the two times: 35-90 on the hosts where the kernel is slow (AMD EPYC
-        of family 25), 1.4-1.9 where it is not (family 26).
+        The ratio of the two times: about 90 where the kernel is slow (AMD EPYC of family
+        25: 430-470 ms against 5 ms, issue 19), 1.4-1.9 where it is not (family 26).
     """
     with tf.init_scope(), tf.device("/CPU:0"):  # eagerly, also when called in a trace
         x = tf.fill([64, 1, 1, 512], 0.5)

@@ -62,7 +62,7 @@ def test_reactnet18_nobn_converts_to_16_binary_convolutions():
     assert np.mean(tie) < 0.1
     errors = np.abs(flat_logits - logits).max(axis=1) / np.abs(logits).max()
     same_top1 = np.argmax(flat_logits, -1) == np.argmax(logits, -1)
-    assert np.all((errors < TOLERANCE) & same_top1 | tie)
+    assert np.all(((errors < TOLERANCE) & same_top1) | tie)
 
 
 @pytest.mark.slow(40)

@@ -87,9 +87,10 @@ def conv_contenders(shape: tuple) -> dict:
 def ours_compute(shape: tuple) -> str:
     """Which gradients `larq_nobn.conv2d` computes itself for `shape` in the current mode
     (the others are TensorFlow's kernels, and the row then times the same graph twice)."""
-    _, h, w, cin, cout, k, s, padding = shape
-    out = [-(-n // s) if padding == "SAME" else (n - k) // s + 1 for n in (h, w)]
-    by_forward, by_patches = larq_nobn.conv._gradient_plan(cin, cout, out)
+    batch, h, w, cin, cout, k, s, padding = shape
+    by_forward, by_patches = larq_nobn.conv.gradient_plan(
+        (batch, h, w, cin), (k, k, cin, cout), s, padding
+    )
     return {(True, True): "both", (True, False): "input"}.get((by_forward, by_patches), "-")
 
 
@@ -230,11 +231,12 @@ def main() -> None:
     parser.add_argument("--warmup_steps", type=int, default=2)
     args = parser.parse_args()
     print(common.machine_description())
-    ratio = larq_nobn.conv.gradient_kernel_ratio()
+    # The measurement "auto" decides by in this process, not a second one.
+    ratio, slow = larq_nobn.conv.host_kernel_ratio(), larq_nobn.conv.slow_gradient_kernels()
     print(
         f"TensorFlow's input gradient over the forward convolution (3x3, 512 channels, 1x1 map,"
         f' batch 64): {ratio:.1f}x, so "auto" takes the rules of a '
-        f"{'slow' if ratio >= larq_nobn.conv.SLOW_KERNEL_RATIO else 'fast'} host"
+        f"{'slow' if slow else 'fast'} host"
     )
     if "shapes" in args.tables:
         shapes_table(args)

@@ -62,7 +62,7 @@ FAST_HOST_MAX_OUTPUT = 1
 # TensorFlow's input gradient over the forward convolution, in the probe's convolution,
 # from which a host counts as slow: about 90 on the slow hosts, 1.4-1.9 on the others.
 SLOW_KERNEL_RATIO = 8.0
-_slow_kernels: bool | None = None
+_kernel_ratio: float | None = None  # this process's `gradient_kernel_ratio()`, once measured
 _probe_lock = threading.Lock()
 
 
@@ -136,21 +136,59 @@ def gradient_kernel_ratio() -> float:
     return backward / forward
 
 
+def host_kernel_ratio() -> float:
+    """`gradient_kernel_ratio()` of this process: measured on the first call, then kept."""
+    global _kernel_ratio
+    with _probe_lock:  # a mirrored strategy traces its replicas in threads
+        if _kernel_ratio is None:
+            _kernel_ratio = gradient_kernel_ratio()
+    return _kernel_ratio
+
+
 def slow_gradient_kernels() -> bool:
     """Whether TensorFlow's input-gradient kernel is slow on this host's CPU.
 
     Hosts of one kind differ: on some, `Conv2DBackpropInput` over a small map with many
     channels is 35-90x slower than the forward convolution, on others it is as fast. The
-    first call measures it (`gradient_kernel_ratio`), once per process; "auto" reads it.
+    first call measures it (`host_kernel_ratio`), once per process; "auto" reads it.
 
     Returns:
         True where the ratio is at least `SLOW_KERNEL_RATIO`.
     """
-    global _slow_kernels
-    with _probe_lock:  # a mirrored strategy traces its replicas in threads
-        if _slow_kernels is None:
-            _slow_kernels = gradient_kernel_ratio() >= SLOW_KERNEL_RATIO
-    return _slow_kernels
+    return host_kernel_ratio() >= SLOW_KERNEL_RATIO
+
+
+def _output_sizes(sizes, kernel, strides, pads) -> list[int]:
+    """The output's height and width, from the input's and the padding of `_spatial_padding`."""
+    return [
+        (n + before + after - k) // s + 1
+        for n, (before, after), k, s in zip(sizes, pads, kernel, strides, strict=True)
+    ]
+
+
+def gradient_plan(
+    input_shape: Sequence[int],
+    kernel_shape: Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: str | Sequence[Sequence[int]] = "SAME",
+) -> tuple[bool, bool]:
+    """Which gradients `conv2d` computes itself for these shapes, in the current mode.
+
+    Args:
+        input_shape: NHWC, height and width known.
+        kernel_shape: (kh, kw, in, out).
+        strides: an int or a pair.
+        padding: as for `conv2d`.
+
+    Returns:
+        (the input gradient by forward convolutions, the filter gradient by a matmul of
+        patches); where False, TensorFlow's kernel computes that gradient.
+    """
+    strides = _pair(strides, "strides")
+    sizes, kernel = input_shape[1:3], kernel_shape[:2]
+    pads = _spatial_padding(padding, sizes, kernel, strides)
+    out_sizes = _output_sizes(sizes, kernel, strides, pads)
+    return _gradient_plan(kernel_shape[2], kernel_shape[3], out_sizes)
 
 
 def _gradient_plan(
@@ -362,10 +400,7 @@ def conv2d(
     if None in sizes or None in kernel.shape:
         return tf.nn.conv2d(inputs, kernel, strides, tf_padding)
     pads = _spatial_padding(padding, sizes, kernel.shape[:2], strides)
-    out_sizes = [
-        (n + before + after - k) // s + 1
-        for n, (before, after), k, s in zip(sizes, pads, kernel.shape[:2], strides, strict=True)
-    ]
+    out_sizes = _output_sizes(sizes, kernel.shape[:2], strides, pads)
     by_forward, by_patches = _gradient_plan(kernel.shape[2], kernel.shape[3], out_sizes)
     if not (by_forward or by_patches):
         return tf.nn.conv2d(inputs, kernel, strides, tf_padding)

@@ -102,18 +102,20 @@ def gradient_ops(fn, x, w) -> set[str]:
 def test_which_kernels_compute_the_gradients(
     mode, slow_host, channels, size, stride, tf_input, tf_filter, monkeypatch
 ):
-    monkeypatch.setattr(conv, "_slow_kernels", slow_host)
+    monkeypatch.setattr(conv, "_kernel_ratio", 90.0 if slow_host else 1.5)
     x, w = random(2, size, size, channels), random(3, 3, channels, channels)
     with larq_nobn.conv_gradients(mode):
         ops = gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, stride), x, w)
     assert ("Conv2DBackpropInput" in ops) == tf_input
     assert ("Conv2DBackpropFilter" in ops) == tf_filter
+    with larq_nobn.conv_gradients(mode):  # what the benchmark reports per shape
+        assert conv.gradient_plan(x.shape, w.shape, stride) == (not tf_input, not tf_filter)
 
 
 @pytest.mark.parametrize("ratio,slow", [(60.0, True), (conv.SLOW_KERNEL_RATIO, True), (1.5, False)])
 def test_the_host_is_probed_once_and_only_where_it_decides(ratio, slow, monkeypatch):
     calls = []
-    monkeypatch.setattr(conv, "_slow_kernels", None)
+    monkeypatch.setattr(conv, "_kernel_ratio", None)
     monkeypatch.setattr(conv, "gradient_kernel_ratio", lambda: calls.append(1) or ratio)
     small, large = random(2, 1, 1, 512), random(2, 2, 2, 512)
     w = random(3, 3, 512, 512)

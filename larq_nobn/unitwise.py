@@ -4,6 +4,7 @@ Keras stores the output units of a kernel on its last axis: (kh, kw, in, out) fo
 convolution, (in, out) for a dense layer. Everything here reduces over all other axes.
 """
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -86,35 +87,114 @@ def _matrix_shape(kernel: tf.Tensor, what: str) -> list[int]:
     return [shape[:-1].num_elements(), shape[-1]]
 
 
-class _Moments:
-    """Per-unit statistics of a (fan_in, units) float32 matrix W, and its centered copy.
+FUSED_MIN_SIZE = 2**20
+"""The smallest kernel (in elements) whose standardization runs on fused batch-norm ops."""
 
-    A backward pass keeps only the (1, units) rows: `grad` works from W itself (which lives
+
+def fused_batch_norm_statistics(size: int) -> bool:
+    """Whether the standardization of a kernel runs on TensorFlow's fused batch-norm ops.
+
+    A kernel's per-unit statistics and the gradient of its standardization are batch-norm
+    math over the fan-in axis. With oneDNN, TensorFlow's default on x86 CPUs,
+    `FusedBatchNormV3` gives the statistics and `FusedBatchNormGradV3` the whole gradient
+    with both column sums it needs, each in one op. On kernels of 2^20 elements and more
+    the two take 0.70-0.86x the time of the same math in separate ops; on smaller ones a
+    fixed cost of about 0.1 ms per op makes them up to 2x slower
+    (`benchmarks/ws_kernel.py`). Without oneDNN (`TF_ENABLE_ONEDNN_OPTS=0`) they are no
+    faster, and on GPUs cuDNN reads the gradient's saved variance as an inverse standard
+    deviation and clamps epsilon at 1e-5, which the gradient here relies on being 0:
+    there the separate ops run. Same values either way, to float32 rounding (tests
+    compare both). Decided when a function is traced.
+
+    Args:
+        size: the number of elements of the kernel.
+
+    Returns:
+        True for kernels of at least `FUSED_MIN_SIZE` elements where no GPU is visible and
+        oneDNN's kernels are on.
+    """
+    if size < FUSED_MIN_SIZE or tf.config.list_logical_devices("GPU"):
+        return False
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # pragma: no cover - a TensorFlow without the module
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+# The statistics pass normalizes by sqrt(var + _STATISTICS_EPS) (finite for a constant
+# unit); `_Moments` multiplies it back, so the value never shows.
+_STATISTICS_EPS = 1e-12
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _as_batch(matrix: tf.Tensor) -> tf.Tensor:
+    """A (fan_in, units) matrix as an NHWC batch whose channels are the units."""
+    fan_in, units = matrix.shape
+    return tf.reshape(matrix, [1, fan_in, 1, units])
+
+
+class _Moments:
+    """Per-unit statistics of a (fan_in, units) float32 matrix W.
+
+    The centered matrix `W - mean` is held as `spread_centered * spread`, with `spread` a
+    (1, units) row (1.0 without fused statistics, where `spread_centered = W - mean`). A
+    backward pass keeps only the (1, units) rows: `grad` works from W itself (which lives
     on anyway: it is the variable), not from a stored centered matrix.
     """
 
     def __init__(self, matrix: tf.Tensor, scale: float, eps: float):
         self.fan_in = matrix.shape[0]
-        self.mean = _column_reduce(matrix, mean=True)
-        self.centered = matrix - self.mean
-        self.std = tf.sqrt(_column_reduce(tf.square(self.centered), mean=True))
         self.eps = eps
-        self.factor = scale / (self.std + eps)  # W_hat = centered * factor
+        self.fused = fused_batch_norm_statistics(matrix.shape.num_elements())
+        if self.fused:
+            units = matrix.shape[1]
+            normalized, _, _, mean, variance, _ = tf.raw_ops.FusedBatchNormV3(
+                x=_as_batch(matrix),
+                scale=tf.ones([units]),
+                offset=tf.zeros([units]),
+                mean=tf.zeros([0]),
+                variance=tf.zeros([0]),
+                epsilon=_STATISTICS_EPS,
+                is_training=True,
+            )
+            self.mean = tf.reshape(mean, [1, units])
+            variance = tf.reshape(variance, [1, units])  # the population variance
+            self.spread_centered = tf.reshape(normalized, matrix.shape)
+            self.spread = tf.sqrt(variance + _STATISTICS_EPS)
+            self.std = tf.sqrt(variance)
+        else:
+            self.mean = _column_reduce(matrix, mean=True)
+            self.spread_centered = matrix - self.mean
+            self.spread = 1.0
+            self.std = tf.sqrt(_column_reduce(tf.square(self.spread_centered), mean=True))
+        self.factor = scale / (self.std + eps)  # W_hat = (W - mean) * factor
 
-    def grad(self, g, matrix, row_scale, g_sum=None, g_dot_centered=None, after=()) -> tf.Tensor:
+    def standardized(self, row_scale) -> tf.Tensor:
+        """`(W - mean) * factor * row_scale`, for a (1, units) row or a number."""
+        return self.spread_centered * (self.spread * self.factor * row_scale)
+
+    def mean_abs_centered(self) -> tf.Tensor:
+        """`mean(|W - mean|)` per unit, shape (1, units)."""
+        return _column_reduce(tf.abs(self.spread_centered), mean=True) * self.spread
+
+    def grad(self, g, matrix, row_scale, after=()) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """The gradient through `W_hat = (W - mean) * factor` for `d W_hat = g * row_scale`.
 
         `dW = factor * (g' - mean(g') - (W - mean) * mean(g' * (W - mean)) / (std (std + eps)))`
-        with `g' = g * row_scale`. Every per-unit factor is applied to (1, units) rows, and
-        the formula is expanded in W instead of W - mean (no centered copy), so the whole
-        gradient costs five elementwise passes and two matrix-vector products. `g_sum` and
-        `g_dot_centered` (column sums of g and of g * (W - mean)) can be passed in when the
-        caller has them; `after` lists other tensors computed from g.
+        with `g' = g * row_scale`: batch norm's gradient for a variance of
+        `std (std + eps)` and no epsilon. Without fused statistics, every per-unit factor
+        is applied to (1, units) rows and the formula is expanded in W instead of
+        W - mean (no centered copy): five elementwise passes and two matrix-vector
+        products. `after` lists other tensors computed from g.
+
+        Returns:
+            dW, and the column sums of g and of `g * (W - mean)`, shapes (1, units).
         """
-        if g_sum is None:
-            g_sum = _column_reduce(g, mean=False)
-        if g_dot_centered is None:
-            g_dot_centered = self.dot_centered(g, matrix, g_sum)
+        if self.fused:
+            return self._fused_grad(g, matrix, row_scale)
+        g_sum = _column_reduce(g, mean=False)
+        g_dot_centered = _column_reduce(g * matrix, mean=False) - self.mean * g_sum
         coef = tf.math.divide_no_nan(g_dot_centered / self.fan_in, self.std * (self.std + self.eps))
         row = self.factor * row_scale
         centered_row = coef * row
@@ -123,15 +203,31 @@ class _Moments:
         # buffer that nothing else will read): two kernel-sized arrays live at a time in
         # this pass instead of up to four. The values are the same.
         with tf.control_dependencies([g_sum, g_dot_centered, *after]):
-            return (
+            d_kernel = (
                 g * row
                 - matrix * centered_row
                 + (self.mean * centered_row - g_sum / self.fan_in * row)
             )
+        return d_kernel, g_sum, g_dot_centered
 
-    def dot_centered(self, g, matrix, g_sum) -> tf.Tensor:
-        """Column sums of `g * (W - mean)`, as `sum(g * W) - mean * sum(g)`."""
-        return _column_reduce(g * matrix, mean=False) - self.mean * g_sum
+    def _fused_grad(self, g, matrix, row_scale):
+        units = matrix.shape[1]
+        # Batch norm's x_hat is (W - mean) / root; a unit of zero spread gets the
+        # smallest normal variance instead of 0, for a finite 1 / root (x_hat is 0 there).
+        variance = tf.maximum(self.std * (self.std + self.eps), _TINY)
+        root = tf.sqrt(variance)
+        d_kernel, d_scale, d_offset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+            y_backprop=_as_batch(g),
+            x=_as_batch(matrix),
+            scale=tf.reshape(self.factor * row_scale * root, [units]),
+            reserve_space_1=tf.reshape(self.mean, [units]),
+            reserve_space_2=tf.reshape(variance, [units]),
+            reserve_space_3=tf.zeros([0]),
+            epsilon=0.0,
+            is_training=True,
+        )
+        g_dot_centered = tf.reshape(d_scale, [1, units]) * root
+        return tf.reshape(d_kernel, matrix.shape), tf.reshape(d_offset, [1, units]), g_dot_centered
 
 
 def standardize(kernel: tf.Tensor, eps: float = 1e-5, scale: float = 1.0) -> tf.Tensor:
@@ -169,10 +265,10 @@ def standardize(kernel: tf.Tensor, eps: float = 1e-5, scale: float = 1.0) -> tf.
         moments = _Moments(as_matrix(kernel), scale, eps)
 
         def grad(upstream):
-            dw = moments.grad(as_matrix(upstream), as_matrix(kernel), 1.0)
+            dw, _, _ = moments.grad(as_matrix(upstream), as_matrix(kernel), 1.0)
             return tf.cast(tf.reshape(dw, shape), dtype)
 
-        return tf.cast(tf.reshape(moments.centered * moments.factor, shape), dtype), grad
+        return tf.cast(tf.reshape(moments.standardized(1.0), shape), dtype), grad
 
     return _standardize(kernel)
 
@@ -222,32 +318,33 @@ def scaled_ws_kernel(
 
     @tf.custom_gradient
     def _kernel(kernel, gain):
-        moments = _Moments(as_matrix(kernel), scale, eps)
+        matrix = as_matrix(kernel)
+        moments = _Moments(matrix, scale, eps)
         row_gain = tf.reshape(tf.cast(gain, tf.float32), [1, -1])
         if binary:
             # mean |W_hat| per unit, and +-(gain * mean |W_hat|) by the sign of W_hat.
-            magnitude = moments.factor * _column_reduce(tf.abs(moments.centered), mean=True)
+            magnitude = moments.factor * moments.mean_abs_centered()
             positive = magnitude * row_gain
-            effective = tf.where(moments.centered >= 0, positive, -positive)
+            effective = tf.where(matrix >= moments.mean, positive, -positive)
         else:
-            effective = moments.centered * (moments.factor * row_gain)
+            effective = moments.standardized(row_gain)
 
         def grad(upstream):
             g, matrix = as_matrix(upstream), as_matrix(kernel)
-            g_sum = _column_reduce(g, mean=False)
-            if binary:
+            if not binary:
+                d_kernel, _, g_dot_centered = moments.grad(g, matrix, row_gain)
+                d_gain = g_dot_centered * moments.factor
+            else:
                 # sum(g * sign(W_hat)) = 2 * sum(g where W >= mean) - sum(g)
                 positive_sum = _column_reduce(tf.where(matrix >= moments.mean, g, 0.0), mean=False)
-                d_gain = (2.0 * positive_sum - g_sum) * magnitude
-                g_dot_centered = None
-                if may_clip:  # zero where |W_hat| > clip
+                reductions = [positive_sum]
+                if may_clip:  # sum(g) before g is zeroed where |W_hat| > clip
+                    reductions.append(_column_reduce(g, mean=False))
                     inside = tf.abs(matrix - moments.mean) * moments.factor <= binary_clip
                     g = tf.where(inside, g, 0.0)
-                    g_sum = _column_reduce(g, mean=False)
-            else:
-                g_dot_centered = moments.dot_centered(g, matrix, g_sum)
-                d_gain = g_dot_centered * moments.factor
-            d_kernel = moments.grad(g, matrix, row_gain, g_sum, g_dot_centered, after=[d_gain])
+                d_kernel, g_sum, _ = moments.grad(g, matrix, row_gain, after=reductions)
+                full_sum = reductions[1] if may_clip else g_sum
+                d_gain = (2.0 * positive_sum - full_sum) * magnitude
             return (
                 tf.cast(tf.reshape(d_kernel, shape), dtype),
                 tf.cast(tf.reshape(d_gain, [-1]), gain_dtype),

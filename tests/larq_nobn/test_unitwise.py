@@ -1,5 +1,10 @@
 """Tests for `larq_nobn.unitwise`: per-output-unit norms and (scaled) standardization."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,6 +22,16 @@ def _np_unitwise_norm(x: np.ndarray) -> np.ndarray:
 def _np_standardize(w: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     axes = tuple(range(w.ndim - 1))
     return (w - w.mean(axis=axes, keepdims=True)) / (w.std(axis=axes, keepdims=True) + eps)
+
+
+@pytest.fixture(params=["fused", "separate"])
+def statistics(request, monkeypatch) -> bool:
+    """Runs a test with a kernel's statistics and gradient on fused batch-norm ops, then
+    on separate ops (what GPUs and TensorFlow without oneDNN run). Forcing the fused ops
+    is valid on any CPU: TensorFlow's own CPU kernels read their inputs the same way."""
+    fused = request.param == "fused"
+    monkeypatch.setattr(larq_nobn.unitwise, "fused_batch_norm_statistics", lambda size: fused)
+    return fused
 
 
 def test_unitwise_norm_is_exported():
@@ -86,6 +101,7 @@ def test_unitwise_norm_of_variable():
 
 @pytest.mark.parametrize("shape", [(3, 3, 2, 4), (2, 2, 3, 1), (6, 5)])
 @pytest.mark.parametrize("eps", [1e-5, 0.5])
+@pytest.mark.usefixtures("statistics")
 def test_standardize_matches_numpy(shape, eps):
     w = np.random.default_rng(2).normal(1.0, 2.0, size=shape).astype(np.float32)
     out = standardize(tf.constant(w), eps).numpy()
@@ -94,6 +110,7 @@ def test_standardize_matches_numpy(shape, eps):
 
 @pytest.mark.parametrize("shape", [(3, 3, 2, 4), (1, 1, 5, 2), (6, 5)])
 @pytest.mark.parametrize("gamma", [1.0, 1.7])
+@pytest.mark.usefixtures("statistics")
 def test_scaled_standardize_matches_numpy(shape, gamma):
     w = np.random.default_rng(3).normal(size=shape).astype(np.float32)
     fan_in = int(np.prod(shape[:-1]))
@@ -120,6 +137,7 @@ def _direct_ws_kernel(w, gain, gamma, eps, clip):
 @pytest.mark.parametrize("shape", [(3, 3, 4, 6), (1, 1, 2, 3), (5, 7)])
 @pytest.mark.parametrize("gamma, eps", [(1.0, 1e-5), (3.0, 0.1)])
 @pytest.mark.parametrize("clip", [None, 1.0, 0.3])
+@pytest.mark.usefixtures("statistics")
 def test_scaled_ws_kernel_equals_the_composition(shape, gamma, eps, clip):
     """The fused kernel gives the values and the gradients (kernel and gain) of the
     direct formula, including units partly outside the straight-through window."""
@@ -142,6 +160,7 @@ def test_scaled_ws_kernel_equals_the_composition(shape, gamma, eps, clip):
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, -2.0])  # sums of these are exact
+@pytest.mark.usefixtures("statistics")
 def test_standardize_of_a_constant_kernel_has_a_finite_gradient(value):
     w = tf.fill((3, 3, 2, 4), value)
     with tf.GradientTape() as tape:
@@ -152,6 +171,7 @@ def test_standardize_of_a_constant_kernel_has_a_finite_gradient(value):
     assert np.all(np.isfinite(grad.numpy()))
 
 
+@pytest.mark.usefixtures("statistics")
 def test_scaled_ws_kernel_keeps_a_half_precision_dtype():
     w = tf.random.stateless_normal((3, 3, 4, 8), seed=(1, 2))
     gain = tf.ones((8,))
@@ -159,3 +179,121 @@ def test_scaled_ws_kernel_keeps_a_half_precision_dtype():
     out32 = larq_nobn.unitwise.scaled_ws_kernel(w, gain, binary_clip=1.0)
     assert out16.dtype == tf.float16
     np.testing.assert_allclose(out16.numpy(), out32.numpy(), rtol=2e-3)
+
+
+def _ws_kernel_and_gradients(w, gain, upstream, clip, jit_compile=False):
+    @tf.function(jit_compile=jit_compile)
+    def run(w, gain):
+        with tf.GradientTape() as tape:
+            tape.watch([w, gain])
+            out = larq_nobn.unitwise.scaled_ws_kernel(w, gain, 1.0, 1e-5, clip)
+        return (out, *tape.gradient(out, [w, gain], output_gradients=upstream))
+
+    return run, [t.numpy() for t in run(w, gain)]
+
+
+def _ws_inputs(shape=(3, 3, 8, 6), seed=5):
+    rng = np.random.default_rng(seed)
+    w = tf.constant(rng.normal(0.1, 0.05, size=shape).astype(np.float32))
+    gain = tf.constant(rng.uniform(0.5, 2.0, size=shape[-1]).astype(np.float32))
+    return w, gain, tf.constant(rng.normal(size=shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_the_statistics_backend_decides_which_ops_run(statistics, clip):
+    """The fused path is one batch-norm op forward and one backward; the separate path
+    has none (a backend that silently fell back would pass the value tests)."""
+    run, _ = _ws_kernel_and_gradients(*_ws_inputs(), clip)
+    graph = run.get_concrete_function(*_ws_inputs()[:2]).graph.as_graph_def()
+    ops = [n.op for f in graph.library.function for n in f.node_def] + [n.op for n in graph.node]
+    expected = 1 if statistics else 0
+    assert ops.count("FusedBatchNormV3") == expected
+    assert ops.count("FusedBatchNormGradV3") == expected
+
+
+@pytest.mark.skipif(
+    not larq_nobn.unitwise.fused_batch_norm_statistics(2**30), reason="no oneDNN kernels here"
+)
+def test_the_default_fuses_only_kernels_of_the_minimum_size_and_more():
+    """A trace, no run: 1x1x1024x1024 is the minimum, 3x3x256x455 just below it."""
+    for shape, expected in [((1, 1, 1024, 1024), 1), ((3, 3, 256, 455), 0)]:
+        assert (np.prod(shape) >= larq_nobn.unitwise.FUSED_MIN_SIZE) == bool(expected)
+        fn = tf.function(
+            lambda w: tf.gradients(larq_nobn.unitwise.scaled_ws_kernel(w, tf.ones(w.shape[-1])), w)
+        )
+        graph = fn.get_concrete_function(tf.TensorSpec(shape)).graph.as_graph_def()
+        ops = [n.op for f in graph.library.function for n in f.node_def]
+        ops += [n.op for n in graph.node]
+        assert ops.count("FusedBatchNormV3") == expected
+        assert ops.count("FusedBatchNormGradV3") == expected
+
+
+@pytest.mark.usefixtures("statistics")
+@pytest.mark.parametrize("shape", [(3, 3, 4, 6), (7, 5)])
+@pytest.mark.parametrize("eps", [1e-5, 0.5])
+def test_standardize_gradient_matches_automatic_differentiation(shape, eps):
+    rng = np.random.default_rng(6)
+    w = tf.constant(rng.normal(-0.2, 0.7, size=shape).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=shape).astype(np.float32))
+    axes = list(range(len(shape) - 1))
+
+    def direct(w):
+        mean, variance = tf.nn.moments(w, axes=axes, keepdims=True)
+        return (w - mean) / (tf.sqrt(variance) + eps)
+
+    grads = []
+    for fn in (lambda w: standardize(w, eps), direct):
+        with tf.GradientTape() as tape:
+            tape.watch(w)
+            out = fn(w)
+        grads.append(tape.gradient(out, w, output_gradients=upstream).numpy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_fused_statistics_under_xla_equal_the_separate_ops(monkeypatch, clip):
+    """`--jit_compile` compiles the fused ops with XLA's own batch-norm kernels."""
+    inputs = _ws_inputs(shape=(3, 3, 16, 8))
+    results = {}
+    for fused, jit in [(False, False), (True, True)]:
+        monkeypatch.setattr(
+            larq_nobn.unitwise, "fused_batch_norm_statistics", lambda size, f=fused: f
+        )
+        results[fused] = _ws_kernel_and_gradients(*inputs, clip, jit_compile=jit)[1]
+    for xla, separate in zip(results[True], results[False], strict=True):
+        np.testing.assert_allclose(xla, separate, rtol=2e-5, atol=1e-6)
+
+
+def test_without_onednn_the_separate_ops_run_and_forced_fused_ops_agree():
+    """`TF_ENABLE_ONEDNN_OPTS=0` selects the separate ops; TensorFlow's own (Eigen)
+    batch-norm kernels, forced, give the same values: they read the saved mean and
+    variance as oneDNN's do."""
+    script = textwrap.dedent(
+        """
+        import numpy as np, tensorflow as tf
+        import larq_nobn.unitwise as unitwise
+        print(unitwise.fused_batch_norm_statistics(2**20))
+        rng = np.random.default_rng(7)
+        w = tf.constant(rng.normal(0.1, 0.05, size=(3, 3, 8, 6)).astype(np.float32))
+        gain = tf.constant(rng.uniform(0.5, 2.0, size=6).astype(np.float32))
+        up = tf.constant(rng.normal(size=(3, 3, 8, 6)).astype(np.float32))
+        results = []
+        for fused in (True, False):
+            unitwise.fused_batch_norm_statistics = lambda size, f=fused: f
+            with tf.GradientTape() as tape:
+                tape.watch([w, gain])
+                out = unitwise.scaled_ws_kernel(w, gain, 1.0, 1e-5, 1.0)
+            results.append([out, *tape.gradient(out, [w, gain], output_gradients=up)])
+        print(max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(*results)))
+        """
+    )
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import larq_nobn\n" + script],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out[-2] == "False"
+    assert float(out[-1]) < 1e-5

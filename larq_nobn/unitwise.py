@@ -98,8 +98,8 @@ def fused_batch_norm_statistics(size: int) -> bool:
     math over the fan-in axis. With oneDNN, TensorFlow's default on x86 CPUs,
     `FusedBatchNormV3` gives the statistics and `FusedBatchNormGradV3` the whole gradient
     with both column sums it needs, each in one op. On kernels of 2^20 elements and more
-    the two take 0.70-0.86x the time of the same math in separate ops; on smaller ones a
-    fixed cost of about 0.1 ms per op makes them up to 2x slower
+    the two take 0.70-0.99x the time of the same math in separate ops; on smaller ones a
+    fixed cost of about 0.1 ms per op makes them up to 2.5x slower
     (`benchmarks/ws_kernel.py`). Without oneDNN (`TF_ENABLE_ONEDNN_OPTS=0`) they are no
     faster, and on GPUs cuDNN reads the gradient's saved variance as an inverse standard
     deviation and clamps epsilon at 1e-5, which the gradient here relies on being 0:

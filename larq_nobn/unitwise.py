@@ -174,6 +174,17 @@ class _Moments:
         """`(W - mean) * factor * row_scale`, for a (1, units) row or a number."""
         return self.spread_centered * (self.spread * self.factor * row_scale)
 
+    def at_or_above_mean(self, matrix: tf.Tensor) -> tf.Tensor:
+        """`W >= mean`, the sign of the standardized kernel (`W - mean >= 0` in IEEE).
+
+        From the centered copy where there is one (a comparison with a scalar, the cheaper
+        op); from W where the centered values come out of a fused op, whose rounding
+        (`W * a + b`) may flip the sign of an entry within an ulp of the mean.
+        """
+        if self.fused:
+            return matrix >= self.mean
+        return self.spread_centered >= 0
+
     def mean_abs_centered(self) -> tf.Tensor:
         """`mean(|W - mean|)` per unit, shape (1, units)."""
         return _column_reduce(tf.abs(self.spread_centered), mean=True) * self.spread
@@ -325,7 +336,7 @@ def scaled_ws_kernel(
             # mean |W_hat| per unit, and +-(gain * mean |W_hat|) by the sign of W_hat.
             magnitude = moments.factor * moments.mean_abs_centered()
             positive = magnitude * row_gain
-            effective = tf.where(matrix >= moments.mean, positive, -positive)
+            effective = tf.where(moments.at_or_above_mean(matrix), positive, -positive)
         else:
             effective = moments.standardized(row_gain)
 

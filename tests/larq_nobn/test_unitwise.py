@@ -192,6 +192,12 @@ def _ws_kernel_and_gradients(w, gain, upstream, clip, jit_compile=False):
     return run, [t.numpy() for t in run(w, gain)]
 
 
+def _traced_ops(concrete_function) -> list[str]:
+    """The op types of a traced function's graph, its nested functions' included."""
+    graph = concrete_function.graph.as_graph_def()
+    return [n.op for f in graph.library.function for n in f.node_def] + [n.op for n in graph.node]
+
+
 def _ws_inputs(shape=(3, 3, 8, 6), seed=5):
     rng = np.random.default_rng(seed)
     w = tf.constant(rng.normal(0.1, 0.05, size=shape).astype(np.float32))
@@ -204,8 +210,7 @@ def test_the_statistics_backend_decides_which_ops_run(statistics, clip):
     """The fused path is one batch-norm op forward and one backward; the separate path
     has none (a backend that silently fell back would pass the value tests)."""
     run, _ = _ws_kernel_and_gradients(*_ws_inputs(), clip)
-    graph = run.get_concrete_function(*_ws_inputs()[:2]).graph.as_graph_def()
-    ops = [n.op for f in graph.library.function for n in f.node_def] + [n.op for n in graph.node]
+    ops = _traced_ops(run.get_concrete_function(*_ws_inputs()[:2]))
     expected = 1 if statistics else 0
     assert ops.count("FusedBatchNormV3") == expected
     assert ops.count("FusedBatchNormGradV3") == expected
@@ -221,9 +226,7 @@ def test_the_default_fuses_only_kernels_of_the_minimum_size_and_more():
         fn = tf.function(
             lambda w: tf.gradients(larq_nobn.unitwise.scaled_ws_kernel(w, tf.ones(w.shape[-1])), w)
         )
-        graph = fn.get_concrete_function(tf.TensorSpec(shape)).graph.as_graph_def()
-        ops = [n.op for f in graph.library.function for n in f.node_def]
-        ops += [n.op for n in graph.node]
+        ops = _traced_ops(fn.get_concrete_function(tf.TensorSpec(shape)))
         assert ops.count("FusedBatchNormV3") == expected
         assert ops.count("FusedBatchNormGradV3") == expected
 

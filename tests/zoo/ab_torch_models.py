@@ -206,6 +206,17 @@ class Reactnet(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+def away_from_the_mean(weight: torch.Tensor, margin: float = 1e-3) -> torch.Tensor:
+    """`weight` (O, I, k, k) centered per output channel, no entry closer to 0 than
+    `margin` times the channel's std: a binary weight's sign is that of `W - mean(W)`, and
+    within float32 rounding of 0 two engines (two orders of summation for the mean) could
+    binarize it differently, which changes every output of the channel."""
+    centered = weight.double() - weight.double().mean(dim=(1, 2, 3), keepdim=True)
+    floor = margin * centered.std(dim=(1, 2, 3), keepdim=True)
+    pushed = torch.where(centered >= 0, 1.0, -1.0) * torch.maximum(centered.abs(), floor)
+    return (pushed / weight[0].numel() ** 0.5).float()
+
+
 def randomize(model: nn.Module, seed: int) -> nn.Module:
     """Random parameters, `L_alpha` spread over -5..1 (rounding to six slopes), eval mode."""
     generator = torch.Generator().manual_seed(seed)
@@ -216,9 +227,8 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, Conv):
-                fan_in = module.weight[0].numel()
                 module.weight.copy_(
-                    fan_in**-0.5 * torch.randn(module.weight.shape, generator=generator)
+                    away_from_the_mean(torch.randn(module.weight.shape, generator=generator))
                 )
                 module.gain.copy_(uniform(module.gain.shape, 0.5, 1.5))
             elif isinstance(module, MaskedBias):

@@ -101,7 +101,9 @@ def test_sigmoid_sign_gradient_equals_torch_autograd():
         y = larq_nobn.SigmoidSign()(xk)
     grad = tape.gradient(y, xk, output_gradients=tf.constant(upstream))
     np.testing.assert_array_equal(y.numpy(), np.where(x >= 0, 1.0, -1.0))
-    np.testing.assert_allclose(grad.numpy(), xt.grad.numpy(), rtol=1e-6, atol=1e-7)
+    # Two float32 logistic functions: a few ulps of the gradient's peak apart.
+    peak = np.abs(xt.grad.numpy()).max()
+    np.testing.assert_allclose(grad.numpy(), xt.grad.numpy(), rtol=1e-5, atol=1e-6 * peak)
     # The derivative of 2 s(3x) - 1 in float64: 6 s (1 - s), 1.5 at 0; float32's 1 - s
     # loses digits in the tails (an absolute error of a few float32 ulps of the peak).
     s = 1 / (1 + np.exp(-3.0 * x.astype(np.float64)))

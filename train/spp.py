@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from absl import flags
 
+from larq_nobn import quiet
 from larq_nobn.train import options
 from larq_nobn.train.options import ConfigError
 
@@ -78,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     options.exit_if_help_requested(COMMAND, __doc__, options.SPP_OPTIONS, argv, FLAGS)
     try:  # the flags are checked before TensorFlow is imported
         values = options.parse(COMMAND, options.SPP_OPTIONS, argv, FLAGS)
-        plot(**values)
+        # TensorFlow's start-up lines (CUDA plugins, cuInit, CPU features) filtered out;
+        # everything else it writes, and errors, still show.
+        with quiet.tensorflow_noise_filtered():
+            plot(**values)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -124,3 +124,44 @@ def test_the_strict_build_fails_on_a_broken_link_or_a_missing_reference(tmp_path
     result = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-3000:]
+
+
+# What a README line must not hold: a date, a time of a day, and the words of a measurement
+# diary (which host, which CPU generation, which issue).
+DIARY = [
+    r"\b\d{4}-\d{2}-\d{2}\b",
+    r"(?-i:\b(January|February|March|April|May|June|July|August|September|October|November|"
+    r"December) \d)",
+    r"family",
+    r"issue",
+    r"\b(AMD|EPYC|Intel|Xeon|Zen|Ryzen|KVM|vCPUs?|cores?)\b",
+    r"\b(yesterday|today|tonight|evening|night|morning)\b",
+]
+
+
+def test_readme_is_a_short_users_guide_without_a_diary():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 300
+    found = {
+        pattern: match.group(0)
+        for pattern in DIARY
+        if (match := re.search(pattern, text, flags=re.IGNORECASE))
+    }
+    assert not found, found
+    # CI runs README's test command (.ci/run): an install line, then `pytest -n 2`.
+    assert re.search(r"^pip install .*&& pytest -n 2$", text, flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "measured 2026-12-02 with /usr/bin/time",
+        "1:34 on an AMD EPYC of family 26",
+        "the slow hosts of issue 19",
+        "section 10 (evening)",
+        "on December 2",
+        "on 2 cores",
+    ],
+)
+def test_the_diary_patterns_find_what_they_are_for(line):
+    assert any(re.search(pattern, line, flags=re.IGNORECASE) for pattern in DIARY)

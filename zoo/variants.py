@@ -9,3 +9,5 @@ NORMS = ("bn", "nobn", "none")
 STAGES = (1, 2)
 PADDINGS = ("keras", "torch")
 STEMS = ("imagenet", "cifar")  # ReActNet-18's
+# The backbones whose residual blocks `zoo.signal_propagation_layers` names.
+SPP_BACKBONES = ("reactnet18", "reactnet_a")

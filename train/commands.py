@@ -57,4 +57,4 @@ def spp() -> None:
     require_train_extra("larq-nobn-spp")
     from larq_nobn.train.spp import main
 
-    main()
+    raise SystemExit(main())

@@ -25,9 +25,10 @@ from larq_nobn import quiet  # noqa: E402
 from larq_nobn.train import options  # noqa: E402
 from larq_nobn.train.config import Config, ConfigError  # noqa: E402
 
+COMMAND = "larq-nobn-train"
 FLAGS = flags.FLAGS
 options.define_flags(FLAGS)
-flags.adopt_module_key_flags(options)  # --help lists them as this program's
+flags.adopt_module_key_flags(options)  # absl's help lists them as this program's
 
 
 def config_from_flags() -> Config:
@@ -99,6 +100,10 @@ def fail(message: str, code: int = 2) -> int:
 
 def run(**run_options) -> None:
     """The `larq-nobn-train` command; `run_options` as for `main`."""
+    # Before absl parses anything and before TensorFlow: the program's flags by group
+    # (absl's own `--help` lists only the flags of `__main__`, none of them here).
+    app.define_help_flags()  # listed by --helpfull
+    options.exit_if_help_requested(COMMAND, __doc__, options.OPTIONS, sys.argv[1:], FLAGS)
     # absl's start-up (its init callbacks) initializes TensorFlow's devices: on a CPU
     # machine, cuInit's error. Filtered until `main` starts; from there output is live.
     with contextlib.ExitStack() as startup:

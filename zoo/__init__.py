@@ -16,7 +16,7 @@ import os
 from typing import TYPE_CHECKING
 
 from larq_nobn.registry import Registry
-from larq_nobn.zoo.variants import DESIGNS, NORMS, PADDINGS, STAGES, STEMS
+from larq_nobn.zoo.variants import DESIGNS, NORMS, PADDINGS, STAGES, STEMS, Design
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -130,6 +130,7 @@ def from_torch(
 
 __all__ = [
     "DESIGNS",
+    "Design",
     "MODELS",
     "MODEL_NAMES",
     "NORMS",

@@ -11,8 +11,7 @@ stats = larq_nobn.signal_propagation(model, images, **zoo.signal_propagation_lay
 import tensorflow as tf
 
 from larq_nobn.zoo import blocks, reactnet18, reactnet_a
-
-BACKBONES = ("reactnet18", "reactnet_a")
+from larq_nobn.zoo.variants import SPP_BACKBONES as BACKBONES
 
 
 def signal_propagation_layers(model: tf.keras.Model) -> dict:

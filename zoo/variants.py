@@ -11,6 +11,8 @@ NORMS = ("bn", "nobn", "none")
 STAGES = (1, 2)
 PADDINGS = ("keras", "torch")
 STEMS = ("imagenet", "cifar")
+# The backbones whose residual blocks `zoo.signal_propagation_layers` names.
+SPP_BACKBONES = ("reactnet18", "reactnet_a")
 
 
 @dataclasses.dataclass(frozen=True)

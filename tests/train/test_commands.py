@@ -1,13 +1,14 @@
 """Tests for the program's commands (train/commands.py) and its Keras 2 selection."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from larq_nobn.train import commands
+from larq_nobn.train import commands, options
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,12 +30,101 @@ def test_commands_stop_with_one_line_without_the_train_extra(monkeypatch, capsys
         assert "absl-py, scikit-learn" in message
 
 
-def test_spp_command_help(monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["larq-nobn-spp", "--help"])
-    with pytest.raises(SystemExit) as exit_:
-        commands.spp()
-    assert exit_.value.code == 0
-    assert "--backbone" in capsys.readouterr().out
+COMMANDS = {"larq-nobn-train": options.OPTIONS, "larq-nobn-spp": options.SPP_OPTIONS}
+
+
+def absl_internal_flags() -> set[str]:
+    """The flags absl defines for every program (logging, help, debugging, flag files),
+    but --helpfull, which --help names as the way to see them."""
+    from absl import app, flags
+    from absl import logging as _  # noqa: F401  (defines the logging flags)
+
+    app.define_help_flags()
+    names = {
+        flag.name
+        for module, defined in flags.FLAGS.flags_by_module_dict().items()
+        if module.startswith("absl.")
+        for flag in defined
+    }
+    assert {"logtostderr", "only_check_args", "help"} <= names
+    return (names | {"flagfile", "undefok"}) - {"helpfull"}
+
+
+def installed(command: str) -> str:
+    """The console script pip installed beside this Python (what a user runs)."""
+    path = Path(sys.executable).parent / command
+    assert path.exists(), f"{command} is not installed beside {sys.executable}"
+    return str(path)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("argument", ["--help", "-h"])
+def test_help_lists_the_options_by_group_without_absl_flags_or_tensorflow(command, argument):
+    """The installed command's --help: every option of its definition with its default,
+    under its group, nothing of absl's own, and no TensorFlow imported (-X importtime
+    lists every module the process imported)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", installed(command), argument],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    assert text.startswith(f"usage: {command} [flags]")
+    imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines()]
+    assert "larq_nobn.train.options" in imported  # the list is complete
+    assert not [name for name in imported if name.split(".")[0] == "tensorflow"]
+    assert not [line for line in result.stderr.splitlines() if "import time" not in line]
+
+    used = [group for group in options.GROUPS if any(o.group == group for o in COMMANDS[command])]
+    assert [line.split(":")[0] for line in text.splitlines() if _is_heading(line)] == used
+    for option in COMMANDS[command]:
+        block = _flag_block(text, option.usage())
+        heading = _heading_above(text, option.usage())
+        assert heading == option.group, option.name
+        help_words = " ".join(block.split()[1:])
+        assert " ".join(option.help.split()) in help_words, option.name
+        if option.default is not None:
+            assert f"(default: {option.to_text(option.default)})" in help_words, option.name
+        else:
+            assert "default" in help_words, option.name
+    for name in absl_internal_flags():
+        assert not re.search(rf"--(\[no\])?{re.escape(name)}\b", text), name
+
+
+def _flag_block(text: str, usage: str) -> str:
+    """A flag's lines in the help: its usage line and the indented lines below it."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == [usage])
+    end = start + 1
+    while end < len(lines) and lines[end].startswith(" " * 10):
+        end += 1
+    return "\n".join(lines[start:end])
+
+
+def _is_heading(line: str) -> bool:
+    return line.split(":")[0] in options.GROUPS and line.startswith(line.split(":")[0] + ": ")
+
+
+def _heading_above(text: str, usage: str) -> str:
+    """The group heading the flag is listed under."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == [usage])
+    return next(line for line in reversed(lines[:start]) if _is_heading(line)).split(":")[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_helpfull_adds_what_absl_defines(command):
+    result = subprocess.run(
+        [installed(command), "--helpfull"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for option in COMMANDS[command]:
+        assert option.usage() in result.stdout
+    assert "--flagfile" in result.stdout
+    if command == "larq-nobn-train":  # absl.app's run: its logging and debugging flags
+        assert "--[no]logtostderr" in result.stdout and "--[no]only_check_args" in result.stdout
 
 
 @pytest.mark.parametrize(

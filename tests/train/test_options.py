@@ -87,3 +87,31 @@ def test_a_malformed_list_is_a_config_error(flags, message):
 def test_each_option_checks_its_value(option, value, message):
     assert options.BY_NAME[option].problem(value).startswith(message)
     assert options.BY_NAME[option].problem(options.BY_NAME[option].default or 1) is None
+
+
+def test_an_option_names_one_of_the_help_groups():
+    """A new option without a group fails where it is written (the help's sections stay
+    complete when options are added)."""
+    with pytest.raises(TypeError, match="group"):
+        options.Option("new", int, 0, "a new option")
+    with pytest.raises(ValueError, match="option --new: group must be one of model, data,"):
+        options.Option("new", int, 0, "a new option", group="misc")
+    for option in (*options.OPTIONS, *options.SPP_OPTIONS):
+        assert option.group in options.GROUPS, option.name
+
+
+def test_help_text_groups_the_options_and_full_help_adds_absl_flags():
+    from absl import flags
+
+    flag_values = flags.FlagValues()
+    flags.DEFINE_bool("absl_like", False, "a flag of another module", flag_values=flag_values)
+    short = options.help_text("cmd", "Does it.", options.SPP_OPTIONS, flag_values)
+    full = options.help_text("cmd", "Does it.", options.SPP_OPTIONS, flag_values, full=True)
+    assert short.splitlines()[:4] == ["usage: cmd [flags]", "", "Does it.", ""]
+    positions = [short.index(f"\n{group}: ") for group in ("model", "data", "outputs")]
+    assert positions == sorted(positions) and "\ntraining: " not in short
+    assert short.index("--backbone=TEXT") < positions[1] < short.index("--images=INT")
+    assert "(default: 64)" in short and "--absl_like" not in short
+    assert "--helpfull" in short.splitlines()[-1]
+    assert full.startswith(short[: short.index("--helpfull")])
+    assert "--[no]absl_like" in full and "--flagfile" in full

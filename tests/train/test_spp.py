@@ -32,7 +32,7 @@ def test_command_line_plots_the_variants_and_a_trained_model(tmp_path, capsys, d
     argv = ["--backbone=reactnet18", "--image_size=8", "--images=16", f"--out={png}"]
     argv += [f"--trained=nobn={path}"]
     capsys.readouterr()
-    spp.main(argv)
+    assert spp.main(argv) == 0
 
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
     trained = [line for line in lines if line[0] == "nobn(trained)"]
@@ -44,7 +44,24 @@ def test_command_line_plots_the_variants_and_a_trained_model(tmp_path, capsys, d
         np.testing.assert_allclose([float(v) for v in line[2:]], values, rtol=1e-3)
     assert sum(line[0] in ("bn", "nobn", "none") for line in lines) == 3 * 16
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(SystemExit, match="VARIANT=PATH"):
-        spp.main(["--backbone=reactnet18", f"--trained=bnn={path}", f"--out={png}"])
-    with pytest.raises(SystemExit, match="not reactnet18_none"):
-        spp.main(["--backbone=reactnet18", f"--trained=none={path}", f"--out={png}"])
+    assert spp.main(["--backbone=reactnet18", f"--trained=bnn={path}", f"--out={png}"]) == 2
+    assert "VARIANT=PATH" in capsys.readouterr().err
+    assert spp.main(["--backbone=reactnet18", f"--trained=none={path}", f"--out={png}"]) == 2
+    assert "not reactnet18_none" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "error: --out is required"),
+        (["--out=x.png", "--backbone=resnet"], "error: unknown --backbone 'resnet'; valid"),
+        (["--out=x.png", "--images=0"], "error: --images must be positive, got 0"),
+        (["--out=x.png", "--stage=3"], "error: unknown --stage 3; valid names: 1, 2"),
+        (["--out=x.png", "--nope=1"], "error: Unknown command line flag 'nope'"),
+        (["--out=x.png", "stray"], "error: unexpected arguments: stray"),
+    ],
+)
+def test_bad_flags_are_one_error_line_and_exit_code_2(argv, message, capsys):
+    assert spp.main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines

@@ -259,8 +259,9 @@ OPTIONS: tuple[Option, ...] = (
 BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
 
 
-def define_flags(flag_values) -> None:
-    """Defines one absl flag per option in `flag_values` (an `absl.flags.FlagValues`)."""
+def define_flags(flag_values, which: Sequence[Option] = OPTIONS) -> None:
+    """Defines one absl flag per option in `flag_values` (an `absl.flags.FlagValues`):
+    the training program's, or another command's `which`."""
     from absl import flags
 
     define = {
@@ -270,7 +271,7 @@ def define_flags(flag_values) -> None:
         bool: flags.DEFINE_bool,
         tuple: flags.DEFINE_list,
     }
-    for option in OPTIONS:
+    for option in which:
         define[option.type](option.name, option.default, option.help, flag_values=flag_values)
 
 

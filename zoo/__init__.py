@@ -69,6 +69,15 @@ def backbone(name: str) -> str:
     return next(key for key, value in _BACKBONES.items() if value == target)
 
 
+def design(name: str) -> str:
+    """ "reference" or "ab" (`DESIGNS`): whose block the model registered as `name` has.
+
+    Raises:
+        UnknownNameError: for an unknown name, as `get_model`.
+    """
+    return MODELS.entry(name).kwargs.get("design", "reference")
+
+
 def __getattr__(name: str):
     # The builders and the checkpoint reader import TensorFlow: on first use only.
     lazy = {
@@ -141,6 +150,7 @@ __all__ = [
     "ReActNet34",
     "ReActNetA",
     "backbone",
+    "design",
     "from_torch",
     "get_model",
     "signal_propagation_layers",

@@ -100,10 +100,24 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         ImportError: torch is not installed.
-        TorchWeightsError: the file holds no state dict.
+        TorchWeightsError: the file is not `torch.save`'s, or holds no state dict.
+        OSError: the file cannot be read (e.g. `FileNotFoundError`).
     """
     torch = _torch()
-    checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # other files raise anything from EOFError to KeyError
+        with open(path, "rb") as file:
+            if file.read(len(_HDF5_MAGIC)) == _HDF5_MAGIC:
+                raise TorchWeightsError(
+                    f"{path} is an HDF5 file (Keras weights?), not a PyTorch checkpoint"
+                ) from None
+        raise TorchWeightsError(
+            f"{path} is not a PyTorch checkpoint of tensors (torch.load(weights_only=True) "
+            f"raised {type(error).__name__})"
+        ) from error
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping) or not all(

@@ -72,7 +72,7 @@ OPTIONS: tuple[Option, ...] = (
         "stem",
         str,
         None,
-        f"first layers, {' or '.join(zoo.STEMS)}, instead of what the checkpoint says (A&B's "
+        f"first layers, {' or '.join(zoo.STEMS)} (default what the checkpoint says; A&B's "
         "ReActNet-A: cifar unless it has 1000 classes)",
         _unless_none(one_of(lambda: zoo.STEMS)),
         group="model",

@@ -190,7 +190,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--num_classes", type=int, default=None, help="default: 10 at 32x32, 1000 otherwise"
     )
     parser.add_argument(
-        "--stem", choices=("imagenet", "cifar"), default="imagenet", help="ReActNet-18's stem"
+        "--stem", choices=("imagenet", "cifar"), default="imagenet", help="the first layers"
     )
 
 
@@ -229,16 +229,15 @@ def build_model(
     stem: str = "imagenet",
     padding: str = "keras",
 ) -> tf.keras.Model:
-    """A zoo model with seeded initialization (`stem` only applies to ReActNet-18)."""
+    """A zoo model with seeded initialization."""
     tf.keras.utils.set_random_seed(SEED)
-    kwargs = {"stem": stem} if zoo.backbone(name) == "reactnet18" else {}
     return zoo.get_model(
         name,
         stage=stage,
         input_shape=(input_size, input_size, 3),
         num_classes=num_classes,
         padding=padding,
-        **kwargs,
+        stem=stem,
     )
 
 

@@ -104,6 +104,15 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         ("--rounds", "2", "--runs", "3"),
     ),
     Benchmark(
+        "float_multiplications",
+        "Float multiplications per inference: nobn and A&B BNN",
+        "The exported stage-2 flatbuffers of the paper's BN-free models and of A&B BNN's: "
+        "float multiplications per inference (MUL, PRELU and the binary convolutions' "
+        "output transforms), whether the PReLU slopes are powers of two, and LCE latency.",
+        ("--size", "32", "--stem", "cifar"),
+        ("--size", "32", "--stem", "cifar", "--rounds", "2", "--runs", "3"),
+    ),
+    Benchmark(
         "step_breakdown",
         "Where the time of a step goes",
         "A profile by subtraction: the bn twin, BN deleted (`none`), the BN-free network, "

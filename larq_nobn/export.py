@@ -9,6 +9,7 @@ Needs the `lce` extra: `pip install larq-nobn[lce]`.
 """
 
 import collections
+import dataclasses
 import logging
 import tempfile
 
@@ -16,7 +17,13 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
-from larq_nobn.layers import LearnableBias, ScaledWSQuantConv2D, silence_starved_weights_warning
+from larq_nobn.layers import (
+    LearnableBias,
+    QuantizedPReLU,
+    ScaledWSQuantConv2D,
+    silence_starved_weights_warning,
+)
+from larq_nobn.quantizers import SigmoidSign
 
 _WS_ONLY_KEYS = ("gamma", "eps", "gain_initializer", "kernel_scale")
 
@@ -348,9 +355,11 @@ def _trim_unread_padding(model: tf.keras.Model, config: dict) -> bool:
 
 
 def _sign_quantizers() -> tuple[type, ...]:
-    """larq's input quantizers whose forward pass is sign(x) (+1 at 0)."""
+    """The input quantizers whose forward pass is sign(x) (+1 at 0): larq's sign
+    quantizers and A&B BNN's `SigmoidSign` (only their gradients differ)."""
     names = ("SteSign", "ApproxSign", "SwishSign")
-    return tuple(getattr(lq.quantizers, n) for n in names if hasattr(lq.quantizers, n))
+    larq_signs = tuple(getattr(lq.quantizers, n) for n in names if hasattr(lq.quantizers, n))
+    return (*larq_signs, SigmoidSign)
 
 
 def fold_scales_before_signs(model: tf.keras.Model) -> tf.keras.Model:
@@ -359,9 +368,11 @@ def fold_scales_before_signs(model: tf.keras.Model) -> tf.keras.Model:
     In the BN-free networks a block input is scaled by beta, shifted by a learnable bias
     and binarized: `sign(beta * x + b)`. For beta > 0 that is `sign(x + b / beta)`, so
     where a `Rescaling(beta)` (no offset) feeds a `LearnableBias` whose outputs go only to
-    the sign input quantizers of convolutions, the bias is divided by beta and reads `x`
-    directly; a rescaling left with no consumer is removed. On an engine this drops one
-    multiplication over a feature map per block. The binarized values are the same except
+    the sign input quantizers of convolutions (larq's sign quantizers, `SigmoidSign`), the
+    bias is divided by beta and reads `x` directly; a rescaling left with no consumer is
+    removed. On an engine this drops one multiplication over a feature map per block. In
+    A&B BNN's design, whose shortcuts take the unscaled input, every beta goes: this is its
+    "mask layer" removed at inference. The binarized values are the same except
     where `beta * x + b` rounds to the other side of 0 than `x + b / beta`, a tie at the
     float32 rounding level.
 
@@ -417,6 +428,61 @@ def _fold_scales_before_signs(model: tf.keras.Model, config: dict) -> dict[str, 
     return new_biases
 
 
+def quantized_prelus_as_prelus(model: tf.keras.Model) -> tf.keras.Model:
+    """The same functional model with every `QuantizedPReLU` a Keras `PReLU` of its slopes.
+
+    A `QuantizedPReLU` computes `max(x, 0) + 2 ** round(L) * min(x, 0)` from its exponents
+    `L`, which the converter writes as four operators over the feature map (RELU, MINIMUM,
+    MUL, ADD). A `PReLU` whose alpha is the slopes `2 ** round(L)`, computed once and
+    shared over every axis but the channels, computes the same, bit for bit (a product by
+    a power of two is exact, and `PReLU`'s `-alpha * relu(-x)` is that product), and
+    converts to one PRELU operator whose slopes tensor holds the powers of two: what an
+    engine without multipliers applies as shifts.
+
+    Args:
+        model: a functional Keras model.
+
+    Returns:
+        A new model, or `model` itself if it has no `QuantizedPReLU`.
+
+    References:
+        - [A&B BNN: Add&Bit-Operation-Only Hardware-Friendly Binary Neural Network](
+          https://arxiv.org/abs/2403.03739)
+    """
+    config = model.get_config()
+    slopes = _quantized_prelus_as_prelus(model, config)
+    return _rebuild(model, config, slopes) if slopes else model
+
+
+def _quantized_prelus_as_prelus(model: tf.keras.Model, config: dict) -> dict[str, list]:
+    """`quantized_prelus_as_prelus` as an edit of `config` (as in
+    `_fold_weight_standardization`).
+
+    Returns:
+        The alphas of the new `PReLU`s, by name.
+    """
+    alphas = {}
+    for i, layer_config in enumerate(config["layers"]):
+        layer = model.get_layer(layer_config["config"]["name"])
+        if not isinstance(layer, QuantizedPReLU):
+            continue
+        rank = len(layer.input_shape)
+        prelu = tf.keras.layers.PReLU(
+            shared_axes=list(range(1, rank - 1)) or None,
+            name=layer.name,
+            dtype=layer.dtype_policy.name,
+            trainable=layer.trainable,
+        )
+        config["layers"][i] = {
+            **tf.keras.layers.serialize(prelu),
+            "name": layer.name,
+            "inbound_nodes": layer_config["inbound_nodes"],
+        }
+        slopes = layer.slopes().numpy()
+        alphas[layer.name] = [slopes.reshape((1,) * (rank - 2) + slopes.shape)]
+    return alphas
+
+
 def _save_serving_function(model: tf.keras.Model, directory: str) -> None:
     """Saves what larq-compute-engine converts of `model`: its variables and the serving
     signature that `model.save` would write.
@@ -444,7 +510,9 @@ def convert(model: tf.keras.Model, fold: bool = True, **kwargs) -> bytes:
     Args:
         model: a functional Keras model (e.g. a zoo model, in stage 2 for binary weights).
         fold: fold the weight standardization (`fold_weight_standardization`) and the
-            rescalings that only a sign sees (`fold_scales_before_signs`) first.
+            rescalings that only a sign sees (`fold_scales_before_signs`), and write each
+            `QuantizedPReLU` as a `PReLU` of its power-of-two slopes
+            (`quantized_prelus_as_prelus`), first.
         **kwargs: passed to `larq_compute_engine.convert_saved_model` (the options of
             `convert_keras_model`).
 
@@ -467,6 +535,7 @@ def convert(model: tf.keras.Model, fold: bool = True, **kwargs) -> bytes:
     if fold:
         weights.update(_fold_weight_standardization(model, config))
         weights.update(_fold_scales_before_signs(model, config))
+        weights.update(_quantized_prelus_as_prelus(model, config))
     trimmed = _trim_unread_padding(model, config)
     weights.update(_pad_small_binary_inputs_with_ones(model, config, weights))
     if trimmed or weights:
@@ -476,23 +545,87 @@ def convert(model: tf.keras.Model, fold: bool = True, **kwargs) -> bytes:
         return _lce().convert_saved_model(directory, **kwargs)
 
 
-def op_counts(flatbuffer: bytes) -> collections.Counter:
-    """How many operators of each kind (builtin names, custom codes such as LceBconv2d)."""
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """A tensor of a flatbuffer: its name, shape and, for a constant, its values."""
+
+    name: str
+    shape: tuple[int, ...]
+    data: np.ndarray | None  # None for what is computed at run time
+
+
+@dataclasses.dataclass(frozen=True)
+class Operator:
+    """An operator of a flatbuffer: its kind (a builtin name such as "PRELU", or a custom
+    code such as "LceBconv2d"), its inputs (None for an omitted optional one) and outputs."""
+
+    kind: str
+    inputs: tuple[Tensor | None, ...]
+    outputs: tuple[Tensor, ...]
+
+
+def operators(flatbuffer: bytes) -> list[Operator]:
+    """The operators of a TFLite flatbuffer, in the order of its subgraphs and their
+    execution."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     builtin_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper()}
+    dtypes = {v: k.lower() for k, v in vars(schema.TensorType).items() if k.isupper()}
     tflite = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
-    counts = collections.Counter()
+
+    def tensor(subgraph, index: int) -> Tensor | None:
+        if index < 0:
+            return None
+        t = subgraph.tensors[index]
+        shape = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
+        data = tflite.buffers[t.buffer].data if t.buffer else None
+        if data is not None and len(data):
+            dtype = np.dtype(dtypes[t.type]) if dtypes[t.type] in np.sctypeDict else np.uint8
+            data = np.frombuffer(bytes(data), dtype=dtype)
+            data = data.reshape(shape) if data.size == np.prod(shape, dtype=int) else data
+        else:
+            data = None
+        return Tensor(t.name.decode(), shape, data)
+
+    result = []
     for subgraph in tflite.subgraphs:
         for op in subgraph.operators:
             code = tflite.operatorCodes[op.opcodeIndex]
             if code.customCode:
-                counts[code.customCode.decode()] += 1
+                kind = code.customCode.decode()
             else:
                 builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-                counts[builtin_names.get(builtin, str(builtin))] += 1
-    return counts
+                kind = builtin_names.get(builtin, str(builtin))
+            result.append(
+                Operator(
+                    kind,
+                    tuple(tensor(subgraph, i) for i in op.inputs),
+                    tuple(tensor(subgraph, i) for i in op.outputs),
+                )
+            )
+    return result
+
+
+def op_counts(flatbuffer: bytes) -> collections.Counter:
+    """How many operators of each kind (builtin names, custom codes such as LceBconv2d)."""
+    return collections.Counter(op.kind for op in operators(flatbuffer))
+
+
+def prelu_slopes(flatbuffer: bytes) -> dict[str, np.ndarray]:
+    """The slopes of every PRELU operator of a flatbuffer, as stored, by the name of the
+    Keras layer that it computes (read from its output's name, `<model>/<layer>/...`), or
+    by its output's name where that has no layer in it (a model output)."""
+
+    def layer_name(tensor_name: str) -> str:
+        parts = tensor_name.split(";")[0].split("/")
+        return parts[1] if len(parts) > 2 else tensor_name
+
+    return {
+        layer_name(op.outputs[0].name): op.inputs[1].data
+        for op in operators(flatbuffer)
+        if op.kind == "PRELU"
+    }
 
 
 def predict(flatbuffer: bytes, images: np.ndarray, num_threads: int = 1) -> np.ndarray:

@@ -380,3 +380,90 @@ class LearnableBias(tf.keras.layers.Layer):
             "bias_initializer": tf.keras.initializers.serialize(self.bias_initializer),
             "bias_regularizer": tf.keras.regularizers.serialize(self.bias_regularizer),
         }
+
+
+# A&B BNN's initial exponent (Ruichen0424/AB-BNN, `Network/BNN.py`, `Q_PReLU`).
+INITIAL_LOG2_SLOPE = -3.0
+
+
+def power_of_two(log2_slope: tf.Tensor) -> tf.Tensor:
+    """`2 ** round(log2_slope)`, straight through the rounding (the gradient of `2 ** L`).
+
+    Rounds half to even, as `torch.round` does.
+    """
+
+    @tf.custom_gradient
+    def rounded(x):
+        return tf.round(x), lambda dy: dy
+
+    return tf.pow(tf.constant(2.0, log2_slope.dtype), rounded(log2_slope))
+
+
+@keras_serializable()
+class QuantizedPReLU(tf.keras.layers.Layer):
+    r"""A per-channel PReLU whose slopes are powers of two, A&B BNN's quantized PReLU.
+
+    \\[ y = \max(x, 0) + 2^{\mathrm{round}(L)} \min(x, 0) \\]
+    with a learnable exponent `L` per channel (last axis), trained straight through the
+    rounding. The negative part is a shift, so an RPReLU built from it (learnable bias,
+    this layer, learnable bias) has no multiplication at inference.
+
+    ```python
+    x = larq_nobn.LearnableBias()(x)
+    x = larq_nobn.QuantizedPReLU()(x)  # slopes 2 ** -3 at initialization
+    x = larq_nobn.LearnableBias()(x)
+    ```
+
+    Args:
+        log2_slope_initializer: initializer of `L`; by default the constant
+            `INITIAL_LOG2_SLOPE` (-3, slopes 1/8, as in A&B BNN).
+        log2_slope_regularizer: optional regularizer of `L`.
+
+    Returns:
+        A Keras layer with one weight `log2_slope` of shape (channels,).
+
+    References:
+        - [A&B BNN: Add&Bit-Operation-Only Hardware-Friendly Binary Neural Network](
+          https://arxiv.org/abs/2403.03739)
+    """
+
+    def __init__(
+        self,
+        log2_slope_initializer=None,
+        log2_slope_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if log2_slope_initializer is None:
+            log2_slope_initializer = tf.keras.initializers.Constant(INITIAL_LOG2_SLOPE)
+        self.log2_slope_initializer = tf.keras.initializers.get(log2_slope_initializer)
+        self.log2_slope_regularizer = tf.keras.regularizers.get(log2_slope_regularizer)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError("QuantizedPReLU needs a known number of channels (last axis).")
+        self.log2_slope = self.add_weight(
+            name="log2_slope",
+            shape=(channels,),
+            initializer=self.log2_slope_initializer,
+            regularizer=self.log2_slope_regularizer,
+            trainable=True,
+        )
+        super().build(input_shape)
+
+    def slopes(self) -> tf.Tensor:
+        """The slopes `2 ** round(L)` (float32, one per channel)."""
+        return power_of_two(tf.cast(self.log2_slope, tf.float32))
+
+    def call(self, inputs):
+        slope = tf.cast(self.slopes(), inputs.dtype)
+        # The product of a negative input and a power of two is exact (no rounding).
+        return tf.maximum(inputs, 0) + slope * tf.minimum(inputs, 0)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "log2_slope_initializer": tf.keras.initializers.serialize(self.log2_slope_initializer),
+            "log2_slope_regularizer": tf.keras.regularizers.serialize(self.log2_slope_regularizer),
+        }

@@ -72,3 +72,61 @@ class MagnitudeAwareSteSign(lq.quantizers._BaseQuantizer):
 
     def get_config(self):
         return {**super().get_config(), "clip_value": self.clip_value}
+
+
+def sigmoid_sign(x: tf.Tensor, steepness: float = 3.0) -> tf.Tensor:
+    """`sign(x)` with the derivative of `2 * sigmoid(steepness * x) - 1` as its gradient.
+
+    See `SigmoidSign`.
+    """
+
+    @tf.custom_gradient
+    def _call(x):
+        def grad(dy):
+            s = tf.sigmoid(steepness * x)
+            return dy * (2.0 * steepness) * s * (1.0 - s)
+
+        return lq.math.sign(x), grad
+
+    return _call(x)
+
+
+@lq_utils.register_alias("sigmoid_sign")
+@keras_serializable()
+class SigmoidSign(lq.quantizers._BaseQuantizer):
+    r"""Sign with the gradient of a steep sigmoid, A&B BNN's activation binarizer.
+
+    Forward \\( q(x) = \mathrm{sign}(x) \\) (larq's convention: \\( q(0) = 1 \\)); backward
+    the derivative of \\( 2 \sigma(a x) - 1 \\), a smooth surrogate that peaks at
+    \\( a / 2 \\) in 0 and never vanishes:
+    \\[ \frac{\partial q}{\partial x} = 2 a \, \sigma(a x) \, (1 - \sigma(a x)) \\]
+
+    ```python
+    layer = larq_nobn.ScaledWSQuantConv2D(64, 3, input_quantizer="sigmoid_sign")
+    ```
+
+    Args:
+        steepness: the sigmoid's slope `a` (3 in A&B BNN).
+        metrics: larq quantizer metrics, e.g. `["flip_ratio"]`.
+
+    Returns:
+        The binarized inputs.
+
+    References:
+        - [A&B BNN: Add&Bit-Operation-Only Hardware-Friendly Binary Neural Network](
+          https://arxiv.org/abs/2403.03739)
+    """
+
+    precision = 1
+
+    def __init__(self, steepness: float = 3.0, **kwargs):
+        if not steepness > 0:
+            raise ValueError(f"`steepness` must be positive, got {steepness!r}.")
+        self.steepness = steepness
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        return super().call(sigmoid_sign(inputs, self.steepness))
+
+    def get_config(self):
+        return {**super().get_config(), "steepness": self.steepness}

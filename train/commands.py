@@ -1,7 +1,8 @@
-"""The program's console scripts, `larq-nobn-train` and `larq-nobn-spp`.
+"""The program's console scripts, `larq-nobn-train`, `larq-nobn-spp` and `larq-nobn-convert`.
 
-Both need the `train` extra (`pip install "larq-nobn[train]"`); without it they stop with
-one line that says so, before importing anything that needs it.
+The first two need the `train` extra (`pip install "larq-nobn[train]"`); without it they
+stop with one line that says so, before importing anything that needs it. The third needs
+torch (and larq-compute-engine for `--tflite`), and says so likewise.
 """
 
 import importlib.util
@@ -58,3 +59,10 @@ def spp() -> None:
     from larq_nobn.train.spp import main
 
     raise SystemExit(main())
+
+
+def convert() -> None:
+    """The `larq-nobn-convert` command (also `python -m larq_nobn.train.convert`)."""
+    from larq_nobn.train.convert import run
+
+    run()

@@ -12,7 +12,7 @@ import os
 
 from larq_nobn import zoo
 from larq_nobn.train import catalog, options
-from larq_nobn.train import hyperparameters as recipe
+from larq_nobn.train import hyperparameters as hp
 from larq_nobn.train.options import (  # noqa: F401  (config.X, as before)
     IMAGENET,
     MIXED_PRECISION,
@@ -29,9 +29,9 @@ from larq_nobn.train.options import (  # noqa: F401  (config.X, as before)
 DATASET_DEFAULTS = {
     "digits": dict(epochs=5, batch_size=64),
     "fashion_mnist": dict(epochs=10, batch_size=256),
-    "cifar10": dict(epochs=256, batch_size=recipe.BATCH_SIZE),
-    "cifar100": dict(epochs=256, batch_size=recipe.BATCH_SIZE),
-    "imagenet2012": dict(epochs=256, batch_size=recipe.BATCH_SIZE),
+    "cifar10": dict(epochs=256, batch_size=hp.BATCH_SIZE),
+    "cifar100": dict(epochs=256, batch_size=hp.BATCH_SIZE),
+    "imagenet2012": dict(epochs=256, batch_size=hp.BATCH_SIZE),
     "synthetic": dict(epochs=1, batch_size=32),
 }
 
@@ -44,27 +44,40 @@ class _Resolution:
         """The model is a full-precision Keras application (a teacher), not a zoo BNN."""
         return self.model in catalog.APPLICATIONS
 
+    @property
+    def training_recipe(self) -> hp.Recipe:
+        """The `--recipe`'s, or by default the model's (`hyperparameters.default_recipe`)."""
+        if self.recipe is not None:
+            return hp.RECIPES[self.recipe]
+        return hp.RECIPES[
+            hp.default_recipe(None if self.is_application else zoo.design(self.model))
+        ]
+
     def resolved(self) -> "Config":
         """Fills in per-dataset defaults and checks every value; raises ConfigError."""
-        self._check_options("model", "dataset")
+        self._check_options("model", "dataset", *(("recipe",) if self.recipe else ()))
         defaults = DATASET_DEFAULTS[self.dataset]
         application = self.is_application
+        training = self.training_recipe
         if self.learning_rate is not None:
             learning_rate = self.learning_rate
         elif application:  # the linear scaling rule (Goyal et al. 2017)
             batch_size = self.batch_size or defaults["batch_size"]
             base = (
-                recipe.FINE_TUNE_LEARNING_RATE
+                hp.FINE_TUNE_LEARNING_RATE
                 if self.init_from == IMAGENET
-                else recipe.FULL_PRECISION_LEARNING_RATE
+                else hp.FULL_PRECISION_LEARNING_RATE
             )
-            learning_rate = base * batch_size / recipe.BATCH_SIZE
+            learning_rate = base * batch_size / hp.BATCH_SIZE
         else:
-            learning_rate = recipe.LEARNING_RATE
+            learning_rate = training.learning_rate
+        agc_clip = training.agc_clip_for(self.dataset) if self.agc_clip is None else self.agc_clip
         config = dataclasses.replace(
             self,
+            recipe=training.name,
             stages=self.stages if self.stages is not None else ((1,) if application else (1, 2)),
             learning_rate=learning_rate,
+            agc_clip=agc_clip,
             epochs=self.epochs if self.epochs is not None else defaults["epochs"],
             batch_size=self.batch_size if self.batch_size is not None else defaults["batch_size"],
             model_dir=self.model_dir or os.path.join("runs", f"{self.model}_{self.dataset}"),
@@ -88,6 +101,11 @@ class _Resolution:
         if self.is_application and self.stages != (1,):
             raise ConfigError(
                 f"--model {self.model} is full precision and trains in one stage: --stages 1"
+            )
+        if self.is_application and self.recipe != hp.PAPER.name:
+            raise ConfigError(
+                f"--recipe {self.recipe} trains binary zoo models; --model {self.model} is "
+                "full precision (SGD, see --learning_rate)"
             )
         if self.loss == "kd" and not self.teacher:
             raise ConfigError(
@@ -138,15 +156,15 @@ class _Resolution:
         if self.weight_decay is not None:
             return self.weight_decay
         if self.is_application:
-            return recipe.FULL_PRECISION_WEIGHT_DECAY
-        return recipe.WEIGHT_DECAY[stage]
+            return hp.FULL_PRECISION_WEIGHT_DECAY
+        return self.training_recipe.weight_decay[stage]
 
     def model_kwargs(self) -> dict:
         from larq_nobn.zoo import torch_weights  # imports TensorFlow
 
         kwargs = {}
-        if not self.is_application and zoo.backbone(self.model) == "reactnet18":
-            kwargs["stem"] = self.stem
+        if not self.is_application:
+            kwargs["stem"] = self.stem  # both backbones take it
         if not self.is_application and torch_weights.is_torch_file(self.init_from):
             # PyTorch weights (the reference's, ReActNet's) need PyTorch's padding.
             kwargs["padding"] = "torch"

@@ -26,6 +26,7 @@ class Feed:
     def load(self, stream: int, first_epoch: int, epochs: int = 1):
         """`data.load` for this run: (train, test, info), auto-sharded by data."""
         config = self.config
+        training = config.training_recipe
         train_ds, test_ds, info = data.load(
             config.dataset,
             global_batch_size=config.batch_size,
@@ -36,6 +37,8 @@ class Feed:
             stream=stream,
             first_epoch=first_epoch,
             epochs=epochs,
+            normalization=training.cifar_normalization,
+            padding_mode=training.cifar_padding,
         )
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (

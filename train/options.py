@@ -105,6 +105,8 @@ class Option:
         help: The flag's help, one sentence.
         check: What the resolved value must be (`one_of`, `positive`, ...); None: anything.
         resume: Whether an unfinished run resumes only with the same value (config.json).
+        absent: The value a run had whose config.json lacks the option (written before it
+            existed), if not `default` (a default that the resolution fills in).
         group: Its section of `--help`, a key of `GROUPS` (keyword-only and required, so
             that a new option cannot be left out of the help's sections).
 
@@ -118,6 +120,7 @@ class Option:
     help: str
     check: Check | None = None
     resume: bool = True
+    absent: Any = None
     group: str = dataclasses.field(kw_only=True)
 
     def __post_init__(self):
@@ -239,10 +242,23 @@ OPTIONS: tuple[Option, ...] = (
         group="training",
     ),
     Option(
+        "recipe",
+        str,
+        None,
+        f"training recipe of zoo models: {hp.PAPER.name} (BNN - BN = ?) or {hp.AB.name} (A&B "
+        f"BNN's notebooks); default {hp.AB.name} for the *_ab models, else {hp.PAPER.name}. It "
+        "sets the defaults of --learning_rate, --weight_decay and --agc_clip, and CIFAR's "
+        "normalization and crop padding",
+        one_of(lambda: tuple(hp.RECIPES)),
+        absent=hp.PAPER.name,
+        group="training",
+    ),
+    Option(
         "learning_rate",
         float,
         None,
-        f"default {hp.LEARNING_RATE} (Adam, linear decay to 0); applications: "
+        f"default the recipe's: {hp.PAPER.learning_rate} ({hp.PAPER.name}), "
+        f"{hp.AB.learning_rate} ({hp.AB.name}) (Adam, linear decay to 0); applications: "
         f"{hp.FULL_PRECISION_LEARNING_RATE}, or {hp.FINE_TUNE_LEARNING_RATE} from "
         "ImageNet weights, times batch_size / 256 (SGD, cosine decay to 0)",
         positive,
@@ -252,17 +268,20 @@ OPTIONS: tuple[Option, ...] = (
         "weight_decay",
         float,
         None,
-        "Adam's coupled L2 on kernels, gains and learnable biases (default 1e-5 stage 1, 0 "
-        f"stage 2; applications: SGD's weight decay {hp.FULL_PRECISION_WEIGHT_DECAY} on "
-        "kernels)",
+        "Adam's coupled L2 on kernels, gains and learnable biases (default the recipe's: "
+        f"{hp.PAPER.weight_decay[1]} ({hp.PAPER.name}), {hp.AB.weight_decay[1]} ({hp.AB.name}) "
+        f"in stage 1, 0 in stage 2; applications: SGD's weight decay "
+        f"{hp.FULL_PRECISION_WEIGHT_DECAY} on kernels)",
         non_negative(),
         group="training",
     ),
     Option(
         "agc_clip",
         float,
-        hp.AGC_CLIP,
-        "AGC clip factor; 0 disables AGC",
+        None,
+        f"AGC clip factor; 0 disables AGC (default the recipe's: {hp.PAPER.agc_clip} "
+        f"({hp.PAPER.name}); {hp.AB.agc_clip}, on ImageNet {hp.AB.imagenet_agc_clip} "
+        f"({hp.AB.name}))",
         non_negative(" (0 disables AGC)"),
         group="training",
     ),
@@ -288,7 +307,8 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "weights to start the first stage from (default none: a seeded initialization): "
         ".keras, .weights.h5, a TF checkpoint, or a PyTorch checkpoint .pth/.pth.tar/.pt "
-        f"of the reference or ReActNet; `{IMAGENET}` for an application",
+        f"of the reference or ReActNet, or A&B BNN's *_step2.h5; `{IMAGENET}` for an "
+        "application",
         group="model",
     ),
     Option(
@@ -318,7 +338,8 @@ OPTIONS: tuple[Option, ...] = (
         "stem",
         str,
         zoo.STEMS[0],
-        f"ReActNet-18 stem: {zoo.STEMS[0]} (the reference's) or {zoo.STEMS[1]}",
+        f"first layers: {zoo.STEMS[0]} (the reference's; ReActNet-A's first convolution has "
+        f"stride 2) or {zoo.STEMS[1]} (ReActNet-18: 3x3/1, no pool; ReActNet-A: stride 1)",
         one_of(lambda: zoo.STEMS),
         group="model",
     ),
@@ -412,10 +433,15 @@ def to_json(config) -> dict[str, Any]:
     return {option.name: option.to_json(getattr(config, option.name)) for option in OPTIONS}
 
 
+def _absent(option: Option) -> Any:
+    return option.default if option.absent is None else option.absent
+
+
 def changed(saved: Mapping[str, Any], config) -> list[str]:
     """The options whose value in `config` differs from config.json's `saved`.
 
-    A key `saved` lacks was written before its option existed: the run had its default.
+    A key `saved` lacks was written before its option existed: the run had its default
+    (or the option's `absent` value).
     Options with `resume=False` (`verbose`) may differ; keys of no option count as changed.
     """
     current = to_json(config)
@@ -423,7 +449,7 @@ def changed(saved: Mapping[str, Any], config) -> list[str]:
         option.name
         for option in OPTIONS
         if option.resume
-        and saved.get(option.name, option.to_json(option.default)) != current[option.name]
+        and saved.get(option.name, option.to_json(_absent(option))) != current[option.name]
     ]
     return sorted(names + [key for key in saved if key not in BY_NAME])
 

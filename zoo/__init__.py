@@ -16,12 +16,12 @@ import os
 from typing import TYPE_CHECKING
 
 from larq_nobn.registry import Registry
-from larq_nobn.zoo.variants import NORMS, PADDINGS, STAGES, STEMS
+from larq_nobn.zoo.variants import DESIGNS, NORMS, PADDINGS, STAGES, STEMS, Design
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from larq_nobn.zoo.reactnet18 import ReActNet18
+    from larq_nobn.zoo.reactnet18 import ReActNet18, ReActNet34
     from larq_nobn.zoo.reactnet_a import ReActNetA
 
 # The builders behind the registry names, by backbone ("module:attribute", imported on use:
@@ -35,6 +35,16 @@ for _norm in NORMS:
     MODELS.register(f"reactnet_a_{_norm}", _BACKBONES["reactnet_a"], norm=_norm)
     MODELS.register(f"reactnet18_{_norm}", _BACKBONES["reactnet18"], norm=_norm)
     MODELS.register(f"reactnet_{_norm}", _BACKBONES["reactnet_a"], norm=_norm)  # short alias
+# A&B BNN's models (Ma et al. 2024): BN-free, its block design; ReActNet-34 is ResNet-shaped.
+MODELS.register("reactnet_a_ab", _BACKBONES["reactnet_a"], norm="nobn", design="ab")
+MODELS.register("reactnet18_ab", _BACKBONES["reactnet18"], norm="nobn", design="ab")
+MODELS.register(
+    "reactnet34_ab",
+    _BACKBONES["reactnet18"],
+    norm="nobn",
+    design="ab",
+    blocks_per_stage=(6, 8, 12, 6),
+)
 
 MODEL_NAMES: tuple[str, ...] = MODELS.names()
 
@@ -59,10 +69,20 @@ def backbone(name: str) -> str:
     return next(key for key, value in _BACKBONES.items() if value == target)
 
 
+def design(name: str) -> str:
+    """ "reference" or "ab" (`DESIGNS`): whose block the model registered as `name` has.
+
+    Raises:
+        UnknownNameError: for an unknown name, as `get_model`.
+    """
+    return MODELS.entry(name).kwargs.get("design", "reference")
+
+
 def __getattr__(name: str):
     # The builders and the checkpoint reader import TensorFlow: on first use only.
     lazy = {
         "ReActNet18": "reactnet18",
+        "ReActNet34": "reactnet18",
         "ReActNetA": "reactnet_a",
         "signal_propagation_layers": "spp",
         "transition_blocks": "spp",
@@ -118,6 +138,8 @@ def from_torch(
 
 
 __all__ = [
+    "DESIGNS",
+    "Design",
     "MODELS",
     "MODEL_NAMES",
     "NORMS",
@@ -125,8 +147,10 @@ __all__ = [
     "STAGES",
     "STEMS",
     "ReActNet18",
+    "ReActNet34",
     "ReActNetA",
     "backbone",
+    "design",
     "from_torch",
     "get_model",
     "signal_propagation_layers",

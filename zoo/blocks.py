@@ -17,11 +17,11 @@ from tf_keras.src.applications.imagenet_utils import obtain_input_shape
 
 import larq_nobn
 from larq_nobn.zoo import torch_weights
-from larq_nobn.zoo.variants import NORMS, PADDINGS, STAGES
+from larq_nobn.zoo.variants import DESIGNS, NORMS, PADDINGS, STAGES, Design
 
 # The reference's defaults (VITA-Group/BNN_NoBN, models/*.py and layers.py).
-DEFAULT_ALPHA = 0.2
-ACTIVATION_QUANTIZER = "approx_sign"  # sign with Bi-Real's ApproxSign gradient
+DEFAULT_ALPHA = DESIGNS["reference"].alpha
+ACTIVATION_QUANTIZER = DESIGNS["reference"].activation_quantizer  # Bi-Real's ApproxSign
 WEIGHT_QUANTIZER = "magnitude_aware_ste_sign"  # the reference's HardBinaryConv sign
 BN_MOMENTUM = 0.9  # torch momentum 0.1
 BN_EPSILON = 1e-5
@@ -45,10 +45,17 @@ class Variant:
     norm: str
     stage: int
     padding: str = "keras"
+    design: str = "reference"
 
     def __post_init__(self):
         if self.norm not in NORMS:
             raise ValueError(f"`norm` must be one of {NORMS}, got {self.norm!r}.")
+        if self.design not in DESIGNS:
+            raise ValueError(f"`design` must be one of {tuple(DESIGNS)}, got {self.design!r}.")
+        if self.design != "reference" and self.norm != "nobn":
+            raise ValueError(
+                f"The {self.design!r} design is BN-free: norm='nobn', not {self.norm!r}."
+            )
         if self.padding not in PADDINGS:
             raise ValueError(f"`padding` must be one of {PADDINGS}, got {self.padding!r}.")
         if self.stage not in STAGES:
@@ -60,6 +67,11 @@ class Variant:
     @property
     def binary_weights(self) -> bool:
         return self.stage == 2
+
+    @property
+    def spec(self) -> Design:
+        """The BN-free block's design (`variants.DESIGNS`)."""
+        return DESIGNS[self.design]
 
     @property
     def scaled(self) -> bool:
@@ -106,7 +118,7 @@ class Variant:
             strides=strides,
             padding=conv_padding,
             use_bias=False,
-            input_quantizer=ACTIVATION_QUANTIZER if binary_input else None,
+            input_quantizer=self.spec.activation_quantizer if binary_input else None,
             kernel_quantizer=WEIGHT_QUANTIZER if binary_weight else None,
             kernel_initializer=(
                 binary_latent_initializer() if binary_weight else torch_default_initializer()
@@ -170,6 +182,29 @@ class Variant:
         """A block input scaled by beta (BN-free variant only)."""
         return scale(x, beta, name) if self.scaled else x
 
+    def shortcut_input(self, x: tf.Tensor, x_scaled: tf.Tensor) -> tf.Tensor:
+        """What a downsampling shortcut takes: the block input, or its beta-scaled copy."""
+        return x_scaled if self.spec.scaled_shortcut else x
+
+    def rprelu(self, x: tf.Tensor, name: str) -> tf.Tensor:
+        """ReActNet's RPReLU: learnable bias, per-channel PReLU, learnable bias; the PReLU's
+        slopes are powers of two in A&B BNN's design."""
+        x = shift(x, f"{name}_bias_in")
+        if self.spec.quantized_prelu:
+            x = larq_nobn.QuantizedPReLU(name=f"{name}_prelu")(x)
+        else:
+            x = tf.keras.layers.PReLU(
+                alpha_initializer=tf.keras.initializers.Constant(PRELU_INIT),
+                shared_axes=[1, 2],
+                name=f"{name}_prelu",
+            )(x)
+        return shift(x, f"{name}_bias_out")
+
+
+def variant_suffix(variant: Variant) -> str:
+    """A model name's last part: the norm, or the design for another than the reference's."""
+    return variant.norm if variant.design == "reference" else variant.design
+
 
 def scale(x: tf.Tensor, factor: float, name: str) -> tf.Tensor:
     """`x * factor`, skipped (exactly) when the factor is 1."""
@@ -187,17 +222,6 @@ def subsample2d(x: tf.Tensor, strides: int, name: str) -> tf.Tensor:
 def shift(x: tf.Tensor, name: str) -> tf.Tensor:
     """A learnable per-channel bias (ReActNet's "move"), e.g. before a sign."""
     return larq_nobn.LearnableBias(name=name)(x)
-
-
-def rprelu(x: tf.Tensor, name: str) -> tf.Tensor:
-    """ReActNet's RPReLU: learnable bias, per-channel PReLU, learnable bias."""
-    x = shift(x, f"{name}_bias_in")
-    x = tf.keras.layers.PReLU(
-        alpha_initializer=tf.keras.initializers.Constant(PRELU_INIT),
-        shared_axes=[1, 2],
-        name=f"{name}_prelu",
-    )(x)
-    return shift(x, f"{name}_bias_out")
 
 
 def classifier(x: tf.Tensor, num_classes: int) -> tf.Tensor:

@@ -1,4 +1,4 @@
-"""ReActNet-18 (Bi-Real-Net / ResNet-18-shaped), with batch norm, BN-free, or BN removed."""
+"""ReActNet-18 and -34 (Bi-Real-Net / ResNet-shaped), with batch norm, BN-free, or BN removed."""
 
 import dataclasses
 
@@ -8,7 +8,10 @@ from larq_nobn.zoo import blocks
 from larq_nobn.zoo.variants import STEMS
 
 STAGE_CHANNELS = (64, 128, 256, 512)
-BLOCKS_PER_STAGE = 4
+BLOCKS_PER_STAGE = (4, 4, 4, 4)
+# A&B BNN's ReActNet-34 (Ruichen0424/AB-BNN, `Network/ReActNet_18_Qaw.py`, `ResNet34`): one
+# binary convolution per block, as in ReActNet-18, so 32 blocks for 34 layers.
+REACTNET34_BLOCKS_PER_STAGE = (6, 8, 12, 6)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,8 +23,10 @@ class BlockSpec:
     beta: float  # scales the block input before its 3x3 convolution
 
 
-def block_specs(alpha: float = blocks.DEFAULT_ALPHA) -> list[BlockSpec]:
-    """The 16 blocks of ReActNet-18 with the reference's beta schedule.
+def block_specs(
+    alpha: float = blocks.DEFAULT_ALPHA, blocks_per_stage: tuple[int, ...] = BLOCKS_PER_STAGE
+) -> list[BlockSpec]:
+    """The blocks of ReActNet-18 (or -34) with the reference's beta schedule.
 
     Per stage, as `_make_layer` in VITA-Group/BNN_NoBN `models/Qa*_reactnet_18_bf.py`: the
     first block takes beta from the incoming expected variance, which is then reset to 1
@@ -31,13 +36,13 @@ def block_specs(alpha: float = blocks.DEFAULT_ALPHA) -> list[BlockSpec]:
     specs = []
     variance = 1.0
     in_channels = STAGE_CHANNELS[0]
-    for i, channels in enumerate(STAGE_CHANNELS):
+    for i, (channels, count) in enumerate(zip(STAGE_CHANNELS, blocks_per_stage, strict=True)):
         strides = 1 if i == 0 else 2
         downsample = strides != 1 or in_channels != channels
         specs.append(BlockSpec(in_channels, channels, strides, downsample, variance**-0.5))
         if downsample:
             variance = 1.0
-        for _ in range(1, BLOCKS_PER_STAGE):
+        for _ in range(1, count):
             specs.append(BlockSpec(channels, channels, 1, False, variance**-0.5))
             variance += alpha**2
         in_channels = channels
@@ -58,7 +63,9 @@ def _block(
     )
     shortcut = x
     if spec.downsample:
-        shortcut = tf.keras.layers.AveragePooling2D(2, spec.strides, name=f"{name}_pool")(x_in)
+        shortcut = tf.keras.layers.AveragePooling2D(2, spec.strides, name=f"{name}_pool")(
+            variant.shortcut_input(x, x_in)
+        )
         shortcut = variant.conv(
             shortcut,
             spec.out_channels,
@@ -68,7 +75,7 @@ def _block(
             name=f"{name}_downsample",
         )
     x = tf.keras.layers.Add(name=f"{name}_add")([shortcut, branch])
-    return blocks.rprelu(x, f"{name}_rprelu")
+    return variant.rprelu(x, f"{name}_rprelu")
 
 
 def _stem(x, variant: blocks.Variant, stem: str):
@@ -85,7 +92,9 @@ def ReActNet18(
     norm: str = "nobn",
     stage: int = 2,
     stem: str = "imagenet",
-    alpha: float = blocks.DEFAULT_ALPHA,
+    alpha: float | None = None,
+    design: str = "reference",
+    blocks_per_stage: tuple[int, int, int, int] = BLOCKS_PER_STAGE,
     input_shape: tuple[int, int, int] | None = None,
     input_tensor: tf.Tensor | None = None,
     include_top: bool = True,
@@ -95,7 +104,7 @@ def ReActNet18(
     binary_downsample: bool = True,
     name: str | None = None,
 ) -> tf.keras.Model:
-    """ReActNet-18 (Bi-Real-Net-18 with RPReLU), as trained in "BNN - BN = ?".
+    """ReActNet-18 (Bi-Real-Net-18 with RPReLU), as trained in "BNN - BN = ?" and A&B BNN.
 
     Args:
         norm: "bn", "nobn" (the paper's BN-free network) or "none" (BN deleted).
@@ -104,7 +113,13 @@ def ReActNet18(
             the same variables.
         stem: "imagenet" (7x7/2 convolution and 3x3/2 max-pool; the reference used it for
             CIFAR too) or "cifar" (3x3/1 convolution, no pool).
-        alpha: the residual branch scale of the BN-free variant.
+        alpha: the residual branch scale of the BN-free variant; by default the design's
+            (0.2 in the paper's reference, 0.25 in A&B BNN).
+        design: whose BN-free block (`norm="nobn"` only): "reference" (the paper's) or "ab"
+            (A&B BNN's: quantized RPReLU, the sigmoid-gradient sign, shortcuts from the
+            unscaled input; see `zoo.DESIGNS`).
+        blocks_per_stage: blocks of each of the four stages; (6, 8, 12, 6) is A&B BNN's
+            ReActNet-34 (`ReActNet34`).
         input_shape: shape of the input images, (224, 224, 3) by default.
         input_tensor: optional Keras tensor to use as the model input.
         include_top: whether to include the pooling and the final dense layer.
@@ -120,7 +135,8 @@ def ReActNet18(
         binary_downsample: whether stage 2 binarizes the weights of the 1x1 downsample
             convolutions, as the reference does; ReActNet's own ReAct-ResNet-18
             (liuzechun/ReActNet, `resnet/`) keeps them real: `False`.
-        name: the model's name, `reactnet18_{norm}` by default.
+        name: the model's name, `reactnet{depth}_{norm}` (`_ab` for A&B BNN's design) by
+            default, with depth 18 or 34 (blocks plus two).
 
     Returns:
         A `tf.keras.Model`.
@@ -129,15 +145,34 @@ def ReActNet18(
         - [Bi-Real Net](https://arxiv.org/abs/1808.00278)
         - [ReActNet](https://arxiv.org/abs/2003.03488)
         - [BNN - BN = ?](https://arxiv.org/abs/2104.08215)
+        - [A&B BNN](https://arxiv.org/abs/2403.03739)
     """
-    variant = blocks.Variant(norm, stage, blocks.resolve_padding(padding, weights))
+    variant = blocks.Variant(norm, stage, blocks.resolve_padding(padding, weights), design)
+    alpha = variant.spec.alpha if alpha is None else alpha
     if stem not in STEMS:
         raise ValueError(f"`stem` must be one of {STEMS}, got {stem!r}.")
     inputs = blocks.model_inputs(input_shape, input_tensor, weights, include_top, num_classes, 224)
     blocks.check_divisible(inputs, 32 if stem == "imagenet" else 8, "ReActNet-18")
     x = _stem(inputs, variant, stem)
-    for i, spec in enumerate(block_specs(alpha)):
+    for i, spec in enumerate(block_specs(alpha, tuple(blocks_per_stage))):
         x = _block(x, spec, variant, alpha, binary_downsample, name=f"block{i + 1}")
     if include_top:
         x = blocks.classifier(x, num_classes)
-    return blocks.finish(inputs, x, input_tensor, weights, name or f"reactnet18_{norm}")
+    depth = sum(blocks_per_stage) + 2
+    name = name or f"reactnet{depth}_{blocks.variant_suffix(variant)}"
+    return blocks.finish(inputs, x, input_tensor, weights, name)
+
+
+def ReActNet34(**kwargs) -> tf.keras.Model:
+    """A&B BNN's ReActNet-34: `ReActNet18` with (6, 8, 12, 6) blocks per stage.
+
+    Args:
+        **kwargs: `ReActNet18`'s arguments but `blocks_per_stage`.
+
+    Returns:
+        A `tf.keras.Model`.
+
+    References:
+        - [A&B BNN](https://arxiv.org/abs/2403.03739)
+    """
+    return ReActNet18(blocks_per_stage=REACTNET34_BLOCKS_PER_STAGE, **kwargs)

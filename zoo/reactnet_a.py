@@ -5,6 +5,7 @@ import dataclasses
 import tensorflow as tf
 
 from larq_nobn.zoo import blocks
+from larq_nobn.zoo.variants import STEMS
 
 # Output channels of the first convolution and of the 13 blocks.
 CHANNELS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
@@ -63,9 +64,11 @@ def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str)
     # The reference pools the beta-scaled input at a transition and keeps x otherwise.
     shortcut = x
     if spec.strides == 2:
-        shortcut = tf.keras.layers.AveragePooling2D(2, name=f"{name}_pool")(x_in)
+        shortcut = tf.keras.layers.AveragePooling2D(2, name=f"{name}_pool")(
+            variant.shortcut_input(x, x_in)
+        )
     out1 = tf.keras.layers.Add(name=f"{name}_add1")([shortcut, branch])
-    out1 = blocks.rprelu(out1, f"{name}_rprelu1")
+    out1 = variant.rprelu(out1, f"{name}_rprelu1")
 
     branch = blocks.shift(variant.beta(out1, spec.beta2, f"{name}_beta2"), f"{name}_bias2")
     halves = 1 if spec.in_channels == spec.out_channels else 2
@@ -87,14 +90,16 @@ def _block(x, spec: BlockSpec, variant: blocks.Variant, alpha: float, name: str)
     out2 = (
         outputs[0] if halves == 1 else tf.keras.layers.Concatenate(name=f"{name}_concat")(outputs)
     )
-    return blocks.rprelu(out2, f"{name}_rprelu2")
+    return variant.rprelu(out2, f"{name}_rprelu2")
 
 
 def ReActNetA(
     *,
     norm: str = "nobn",
     stage: int = 2,
-    alpha: float = blocks.DEFAULT_ALPHA,
+    stem: str = "imagenet",
+    alpha: float | None = None,
+    design: str = "reference",
     input_shape: tuple[int, int, int] | None = None,
     input_tensor: tf.Tensor | None = None,
     include_top: bool = True,
@@ -103,7 +108,7 @@ def ReActNetA(
     padding: str | None = None,
     name: str | None = None,
 ) -> tf.keras.Model:
-    """ReActNet-A, as trained in "BNN - BN = ?".
+    """ReActNet-A, as trained in "BNN - BN = ?" and A&B BNN.
 
     Args:
         norm: "bn" (batch norm after every convolution), "nobn" (the paper's BN-free
@@ -111,7 +116,13 @@ def ReActNetA(
             (batch norm deleted, nothing in its place).
         stage: 1 binarizes the activations only (real weights), 2 the weights too. Both
             stages have the same variables: a stage-2 model loads stage-1 weights.
-        alpha: the residual branch scale of the BN-free variant.
+        stem: "imagenet" (the first convolution has stride 2) or "cifar" (stride 1, as A&B
+            BNN's CIFAR models).
+        alpha: the residual branch scale of the BN-free variant; by default the design's
+            (0.2 in the paper's reference, 0.25 in A&B BNN).
+        design: whose BN-free block (`norm="nobn"` only): "reference" (the paper's) or "ab"
+            (A&B BNN's: quantized RPReLU, the sigmoid-gradient sign, shortcuts from the
+            unscaled input; see `zoo.DESIGNS`).
         input_shape: shape of the input images, (224, 224, 3) by default.
         input_tensor: optional Keras tensor to use as the model input.
         include_top: whether to include the pooling and the final dense layer.
@@ -123,7 +134,8 @@ def ReActNetA(
             1 after on even inputs) or "torch" (symmetric, as PyTorch and the reference:
             exact outputs for ported weights). By default "torch" if `weights` is a
             PyTorch file, "keras" otherwise. Both have the same variables.
-        name: the model's name, `reactnet_a_{norm}` by default.
+        name: the model's name, `reactnet_a_{norm}` (`reactnet_a_ab` for A&B BNN's design)
+            by default.
 
     Returns:
         A `tf.keras.Model`.
@@ -131,15 +143,19 @@ def ReActNetA(
     References:
         - [ReActNet](https://arxiv.org/abs/2003.03488)
         - [BNN - BN = ?](https://arxiv.org/abs/2104.08215)
+        - [A&B BNN](https://arxiv.org/abs/2403.03739)
     """
-    variant = blocks.Variant(norm, stage, blocks.resolve_padding(padding, weights))
+    variant = blocks.Variant(norm, stage, blocks.resolve_padding(padding, weights), design)
+    alpha = variant.spec.alpha if alpha is None else alpha
+    if stem not in STEMS:
+        raise ValueError(f"`stem` must be one of {STEMS}, got {stem!r}.")
     inputs = blocks.model_inputs(input_shape, input_tensor, weights, include_top, num_classes, 224)
-    blocks.check_divisible(inputs, 32, "ReActNet-A")
+    blocks.check_divisible(inputs, 32 if stem == "imagenet" else 16, "ReActNet-A")
     x = variant.conv(
         inputs,
         CHANNELS[0],
         3,
-        strides=2,
+        strides=2 if stem == "imagenet" else 1,
         binary_input=False,
         binary_weight=False,
         name="conv_first",
@@ -148,4 +164,5 @@ def ReActNetA(
         x = _block(x, spec, variant, alpha, name=f"block{i + 1}")
     if include_top:
         x = blocks.classifier(x, num_classes)
-    return blocks.finish(inputs, x, input_tensor, weights, name or f"reactnet_a_{norm}")
+    name = name or f"reactnet_a_{blocks.variant_suffix(variant)}"
+    return blocks.finish(inputs, x, input_tensor, weights, name)

@@ -1,16 +1,20 @@
-"""PyTorch checkpoints of the reference (VITA-Group/BNN_NoBN) and of ReActNet, in the zoo.
+"""PyTorch checkpoints of the reference (VITA-Group/BNN_NoBN), of ReActNet and of A&B BNN.
 
 The reference's models (`models/Qa*_reactnet_{A,18}_{bn,bf,none}.py`) and ReActNet's
 (liuzechun/ReActNet, `mobilenet/` and `resnet/`) save `torch.save({"state_dict":
 model.state_dict(), ...})` of a `DataParallel` model: keys such as
-`module.feature.3.binary_3x3.weight`. Every tensor is mapped to a zoo layer by its module
-path and role (never by position), with the layouts converted:
+`module.feature.3.binary_3x3.weight`. A&B BNN (Ruichen0424/AB-BNN) released its trained
+models as bare `DataParallel` state dicts in files named `*_step2.h5` (PyTorch files, not
+HDF5), with its quantized PReLU's `L_alpha` and ReActNet-18's binary convolution as
+`layerK.B.conv1`. Every tensor is mapped to a zoo layer by its module path and role (never
+by position), with the layouts converted:
 
 - conv `weight` (O, I, kh, kw), or ReActNet-A's binary `weights` (O * I * kh * kw, 1):
   `kernel` (kh, kw, I, O);
 - scaled-WS `gain` (O, 1, 1, 1): `gain` (O,);
 - `LearnableBias.bias` (1, C, 1, 1): `LearnableBias` `bias` (C,);
 - `nn.PReLU.weight` (C,): `PReLU` `alpha` (1, 1, C);
+- A&B's `Q_PReLU.L_alpha` (C,): `QuantizedPReLU` `log2_slope` (C,);
 - `BatchNorm2d` weight, bias, running_mean, running_var: gamma, beta, moving_mean,
   moving_variance (`num_batches_tracked` is not used);
 - `nn.Linear` `fc` weight (out, in) and bias: `fc` kernel (in, out) and bias.
@@ -43,15 +47,31 @@ _BN_ROLES = {
 _IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
 
 
+IMAGENET_CLASSES = 1000
+
+
 class TorchWeightsError(ValueError):
     """A PyTorch checkpoint that does not fit the model: one line saying which tensor."""
 
 
+# What `torch.save` writes: a zip archive (PyTorch 1.6 and later) or a pickle (protocol 2+).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
 def is_torch_file(path) -> bool:
-    """Whether `path` names a PyTorch checkpoint (`.pth`, `.pth.tar` or `.pt`)."""
+    """Whether `path` names a PyTorch checkpoint: `.pth`, `.pth.tar` or `.pt`, or an `.h5`
+    file that is not HDF5 but `torch.save`'s format (as A&B BNN's released models)."""
     if not isinstance(path, (str, os.PathLike)):
         return False
-    return os.fspath(path).lower().endswith(TORCH_SUFFIXES)
+    name = os.fspath(path).lower()
+    if name.endswith(TORCH_SUFFIXES):
+        return True
+    if not name.endswith(".h5") or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as file:
+        head = file.read(8)
+    return head.startswith(_TORCH_MAGIC) and not head.startswith(_HDF5_MAGIC)
 
 
 def _torch():
@@ -80,10 +100,24 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         ImportError: torch is not installed.
-        TorchWeightsError: the file holds no state dict.
+        TorchWeightsError: the file is not `torch.save`'s, or holds no state dict.
+        OSError: the file cannot be read (e.g. `FileNotFoundError`).
     """
     torch = _torch()
-    checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # other files raise anything from EOFError to KeyError
+        with open(path, "rb") as file:
+            if file.read(len(_HDF5_MAGIC)) == _HDF5_MAGIC:
+                raise TorchWeightsError(
+                    f"{path} is an HDF5 file (Keras weights?), not a PyTorch checkpoint"
+                ) from None
+        raise TorchWeightsError(
+            f"{path} is not a PyTorch checkpoint of tensors (torch.load(weights_only=True) "
+            f"raised {type(error).__name__})"
+        ) from error
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping) or not all(
@@ -141,19 +175,21 @@ def _reactnet_a_module(layer: str) -> str | None:
     return f"feature.{block}.{modules[part]}" if part in modules else None
 
 
-def _reactnet18_module(layer: str) -> str | None:
-    """The reference's module path of a ReActNet-18 zoo layer (`models/*_reactnet_18_*.py`):
-    block n (1-based) is `layer{(n - 1) // 4 + 1}.{(n - 1) % 4}`."""
+def _reactnet18_module(layer: str, stage_starts: tuple[int, ...], design: str) -> str | None:
+    """The reference's (or A&B BNN's) module path of a ReActNet-18 or -34 zoo layer
+    (`models/*_reactnet_18_*.py`, AB-BNN `Network/ReActNet_18_*.py`): block n (1-based) is
+    `layer{k}.{n - stage_starts[k - 1]}` in the stage k it belongs to."""
     fixed = {"conv_first": "conv1", "conv_first_bn": "bn1", "fc": "fc"}
     if layer in fixed:
         return fixed[layer]
     match = re.fullmatch(r"block(\d+)_(\w+)", layer)
     if match is None:
         return None
-    block, part = int(match.group(1)) - 1, match.group(2)
+    block, part = int(match.group(1)), match.group(2)
+    stage = sum(start <= block for start in stage_starts)
     modules = {
         "bias": "move0",
-        "conv3x3": "binary_conv",
+        "conv3x3": "conv1" if design == "ab" else "binary_conv",
         "conv3x3_bn": "bn1",
         "downsample": "downsample.1",
         "downsample_bn": "downsample.2",
@@ -163,7 +199,23 @@ def _reactnet18_module(layer: str) -> str | None:
     }
     if part not in modules:
         return None
-    return f"layer{block // 4 + 1}.{block % 4}.{modules[part]}"
+    return f"layer{stage}.{block - stage_starts[stage - 1]}.{modules[part]}"
+
+
+def _stage_starts(model: tf.keras.Model) -> tuple[int, ...]:
+    """The first block of each of a zoo ReActNet-18's (or -34's) stages: block 1, then each
+    block with a downsampling shortcut."""
+    names = {layer.name for layer in model.layers}
+    count = sum(bool(re.fullmatch(r"block\d+_bias", name)) for name in names)
+    return (1, *(n for n in range(2, count + 1) if f"block{n}_downsample" in names))
+
+
+def design_of(model: tf.keras.Model) -> str:
+    """ "ab" for a model of A&B BNN's design (it has quantized PReLUs), else "reference"."""
+    from larq_nobn.layers import QuantizedPReLU
+
+    ab = any(isinstance(layer, QuantizedPReLU) for layer in model.layers)
+    return "ab" if ab else "reference"
 
 
 def _torch_parameter(layer: tf.keras.layers.Layer, role: str) -> str:
@@ -172,7 +224,7 @@ def _torch_parameter(layer: tf.keras.layers.Layer, role: str) -> str:
         return _BN_ROLES[role]
     if isinstance(layer, tf.keras.layers.PReLU):
         return "weight"
-    return {"kernel": "weight", "gain": "gain", "bias": "bias"}[role]
+    return {"kernel": "weight", "gain": "gain", "bias": "bias", "log2_slope": "L_alpha"}[role]
 
 
 def _expected_torch_shape(layer, role: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -224,9 +276,11 @@ def load_state_dict(
         TorchWeightsError: one line naming the tensor that is missing, extra or of the
             wrong shape.
     """
-    module_of = {"reactnet_a": _reactnet_a_module, "reactnet18": _reactnet18_module}[
-        backbone_of(model)
-    ]
+    if backbone_of(model) == "reactnet_a":
+        module_of = _reactnet_a_module
+    else:
+        starts, design = _stage_starts(model), design_of(model)
+        module_of = lambda layer: _reactnet18_module(layer, starts, design)  # noqa: E731
     unused = dict(state_dict)
     updates = []
     for layer in model.layers:
@@ -286,26 +340,37 @@ def load_torch_weights(model: tf.keras.Model, path: str | os.PathLike) -> tf.ker
 
 
 def describe(state_dict: Mapping[str, np.ndarray]) -> dict:
-    """The zoo model a reference state dict belongs to, read from its names and shapes.
+    """The zoo model a state dict belongs to, read from its names and shapes.
 
     Returns:
-        `{"model": registry name, "num_classes": ...}`, plus `"stem"` for ReActNet-18. The
-        stage cannot be read (both stages have the same tensors).
+        `{"model": registry name, "num_classes": ...}`, plus `"stem"` for ReActNet-18 and
+        -34 (from the first convolution's kernel) and for A&B BNN's ReActNet-A (whose CIFAR
+        models differ only in the first convolution's stride, which no tensor shows: "cifar"
+        unless the classifier has ImageNet's 1000 classes). The stage cannot be read (both
+        stages have the same tensors).
 
     Raises:
         TorchWeightsError: neither backbone's first convolution is in it.
     """
+    ab = any(key.endswith(".L_alpha") for key in state_dict)
     if "feature.0.conv1.weight" in state_dict:
         backbone, kwargs = "reactnet_a", {}
+        if ab and "fc.weight" in state_dict:
+            classes = state_dict["fc.weight"].shape[0]
+            kwargs["stem"] = "imagenet" if classes == IMAGENET_CLASSES else "cifar"
     elif "conv1.weight" in state_dict:
         kernel_size = state_dict["conv1.weight"].shape[-1]
         backbone, kwargs = "reactnet18", {"stem": "imagenet" if kernel_size == 7 else "cifar"}
+        if ab and "layer1.4.move0.bias" in state_dict:
+            backbone = "reactnet34"
     else:
         raise TorchWeightsError(
             "neither a ReActNet-A (feature.0.conv1.weight) nor a ReActNet-18 (conv1.weight) "
             "state dict"
         )
-    if any(key.endswith(".running_mean") for key in state_dict):
+    if ab:
+        norm = "ab"
+    elif any(key.endswith(".running_mean") for key in state_dict):
         norm = "bn"
     elif any(key.endswith(".gain") for key in state_dict):
         norm = "nobn"

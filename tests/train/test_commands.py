@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from larq_nobn.train import commands, options
+from larq_nobn.train import commands, convert, options
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,13 @@ def test_commands_stop_with_one_line_without_the_train_extra(monkeypatch, capsys
         assert "absl-py, scikit-learn" in message
 
 
-COMMANDS = {"larq-nobn-train": options.OPTIONS, "larq-nobn-spp": options.SPP_OPTIONS}
+COMMANDS = {
+    "larq-nobn-train": options.OPTIONS,
+    "larq-nobn-spp": options.SPP_OPTIONS,
+    "larq-nobn-convert": convert.OPTIONS,
+}
+# What each command's usage line takes besides its flags.
+POSITIONAL = {"larq-nobn-convert": " CHECKPOINT"}
 
 
 def absl_internal_flags() -> set[str]:
@@ -71,7 +77,7 @@ def test_help_lists_the_options_by_group_without_absl_flags_or_tensorflow(comman
     )
     assert result.returncode == 0, result.stderr[-2000:]
     text = result.stdout
-    assert text.startswith(f"usage: {command} [flags]")
+    assert text.startswith(f"usage: {command}{POSITIONAL.get(command, '')} [flags]")
     imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines()]
     assert "larq_nobn.train.options" in imported  # the list is complete
     assert not [name for name in imported if name.split(".")[0] == "tensorflow"]

@@ -24,11 +24,14 @@ def _collect(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _is_crop_of_padded(image: np.ndarray, raws: np.ndarray, pad: int, flips: bool) -> bool:
-    """True if ``image`` equals a window of some zero-padded raw image (optionally mirrored)."""
+def _is_crop_of_padded(
+    image: np.ndarray, raws: np.ndarray, pad: int, flips: bool, mode: str = "constant"
+) -> bool:
+    """True if ``image`` equals a window of some raw image padded by ``np.pad(mode=mode)``
+    (zeros, or "reflect": mirrored without repeating the border), optionally mirrored."""
     h, w = image.shape[:2]
     for raw in raws:
-        padded = np.pad(raw, ((pad, pad), (pad, pad), (0, 0)))
+        padded = np.pad(raw, ((pad, pad), (pad, pad), (0, 0)), mode=mode)
         for dy in range(padded.shape[0] - h + 1):
             for dx in range(padded.shape[1] - w + 1):
                 window = padded[dy : dy + h, dx : dx + w]
@@ -306,6 +309,56 @@ def test_cifar_mock(name):
     assert any(not any(np.allclose(img, r, atol=1e-4) for r in raws) for img in unit)
     np.testing.assert_array_equal(first_again, x_train[:4])
     assert not np.array_equal(other_seed, x_train[:4])
+
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+
+def test_cifar_with_ab_bnns_preprocessing():
+    """A&B BNN's CIFAR transforms: ImageNet's mean and std, crops of the reflect-padded image."""
+    mean, std = (np.array(v, np.float32) for v in IMAGENET_STATS)
+    with mock_data(num_examples=8):
+        raw_test, _ = _raw_tfds("cifar10", "test")
+        raw_train, _ = _raw_tfds("cifar10", "train")
+        train, test, info = data.load(
+            "cifar10",
+            global_batch_size=4,
+            seed=1,
+            normalization="imagenet",
+            padding_mode="reflect",
+        )
+        x_test, _ = _collect(test)
+        x_train, _ = _collect(train)
+    assert (info.mean, info.std) == IMAGENET_STATS
+    np.testing.assert_allclose(x_test, (raw_test / 255.0 - mean) / std, atol=1e-5)
+    unit, raws = x_train * std + mean, raw_train / 255.0
+    assert all(_is_crop_of_padded(img, raws, 4, flips=True, mode="reflect") for img in unit)
+    # Some crop reaches into the border, where zeros would differ.
+    assert not all(_is_crop_of_padded(img, raws, 4, flips=True) for img in unit)
+    with pytest.raises(ValueError, match="`normalization` must be one of"):
+        data.load("cifar10", global_batch_size=4, normalization="cifar")
+    with pytest.raises(ValueError, match="`padding_mode` must be one of"):
+        data.load("cifar10", global_batch_size=4, padding_mode="edge")
+
+
+@pytest.mark.parametrize(
+    "model, stats", [("reactnet18_ab", IMAGENET_STATS), ("reactnet18_nobn", CIFAR10_STATS)]
+)
+def test_the_program_feeds_cifar_as_the_models_recipe_says(model, stats):
+    """What a converted A&B CIFAR-10 model was trained on (ImageNet's statistics), and the
+    paper's models CIFAR's own."""
+    from larq_nobn.train.config import Config
+    from larq_nobn.train.feed import Feed
+
+    config = Config(model=model, dataset="cifar10", batch_size=4).resolved()
+    with mock_data(num_examples=8):
+        raw_test, _ = _raw_tfds("cifar10", "test")
+        feed = Feed(config)
+        x_test, _ = _collect(feed.test_ds)
+    assert (feed.info.mean, feed.info.std) == stats
+    mean, std = (np.array(v, np.float32) for v in stats)
+    np.testing.assert_allclose(x_test, (raw_test / 255.0 - mean) / std, atol=1e-5)
 
 
 def test_imagenet_mock():

@@ -66,7 +66,8 @@ def test_linear_decay_config_round_trip():
 
 def test_default_agc_clip():
     assert recipe.AGC_CLIP == 0.02
-    assert Config().agc_clip == 0.02
+    assert Config().agc_clip is None  # resolved from the recipe
+    assert Config().resolved().agc_clip == 0.02
     assert Config().resolved().learning_rate == 5e-4
     # Applications: SGD's rate for batch 256, scaled linearly to the batch.
     assert Config(model="resnet50", batch_size=64).resolved().learning_rate == 0.1 / 4

@@ -185,7 +185,7 @@ def test_registry():
         f"{prefix}_{norm}"
         for prefix in ("reactnet_a", "reactnet18", "reactnet")
         for norm in zoo.NORMS
-    }
+    } | {"reactnet_a_ab", "reactnet18_ab", "reactnet34_ab"}
     with pytest.raises(ValueError, match="reactnet18_nobn"):
         zoo.get_model("resnet50")
     alias = zoo.get_model("reactnet_nobn", input_shape=SMALL, num_classes=10)
@@ -241,7 +241,7 @@ def test_every_model_trains(name):
     grads = tape.gradient(loss, model.trainable_variables)
     assert all(g is not None for g in grads)  # every variable is connected to the loss
     nonzero = [float(tf.norm(g)) > 0 for g in grads]
-    if name.endswith("nobn"):
+    if name.endswith(("nobn", "_ab")):
         # Signal propagation works at initialization: every variable learns. (Without BN
         # and without the paper's fixes, activations blow up and many gradients vanish.)
         assert all(nonzero)
@@ -253,7 +253,7 @@ def test_every_model_trains(name):
     ]
     # Only variables with a gradient move (a tiny one may round away); BN-free: all of them.
     assert all(n for c, n in zip(changed, nonzero, strict=True) if c)
-    assert all(changed) or not name.endswith("nobn")
+    assert all(changed) or not name.endswith(("nobn", "_ab"))
 
 
 @pytest.mark.slow(30)

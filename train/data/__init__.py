@@ -44,6 +44,7 @@ from larq_nobn.train.data.source import (
     Source,
     check_positive,
 )
+from larq_nobn.train.hyperparameters import NORMALIZATIONS, PADDINGS
 
 DATASET_NAMES: tuple[str, ...] = DATASETS.names()
 
@@ -66,6 +67,8 @@ def load(
     stream: int = 0,
     first_epoch: int = 0,
     epochs: int = 1,
+    normalization: str = "dataset",
+    padding_mode: str = "constant",
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, DatasetInfo]:
     """Returns (train, test, info): batched, prefetched (float32 NHWC images, int32 labels).
 
@@ -78,6 +81,11 @@ def load(
 
     ``num_classes`` and ``synthetic_examples`` only apply to "synthetic". With ``input_context``
     the train split is sharded per input pipeline and both splits are batched per replica.
+
+    ``normalization`` and ``padding_mode`` are CIFAR's preprocessing (the other datasets have
+    their own): "dataset" normalizes with CIFAR's mean and std, "imagenet" with ImageNet's
+    (as A&B BNN's CIFAR models were trained); the random crops pad with zeros ("constant")
+    or by reflection ("reflect").
     """
     if first_epoch < 0 or epochs <= 0:
         raise ValueError(f"need first_epoch >= 0 and epochs > 0, got {first_epoch}, {epochs}")
@@ -85,6 +93,12 @@ def load(
         source = DATASETS.get(name)  # the family module's `source(request)`
     except UnknownNameError as error:
         raise UnknownDatasetError(error.kind, name, error.valid) from None
+    for argument, value, valid in (
+        ("normalization", normalization, NORMALIZATIONS),
+        ("padding_mode", padding_mode, PADDINGS),
+    ):
+        if value not in valid:
+            raise ValueError(f"`{argument}` must be one of {valid}, got {value!r}")
     check_positive("global_batch_size", global_batch_size)
     check_positive("image_size", image_size)
     check_positive("train_subset", train_subset)
@@ -97,6 +111,8 @@ def load(
         num_classes=num_classes,
         synthetic_examples=synthetic_examples,
         input_context=input_context,
+        normalization=normalization,
+        padding_mode=padding_mode,
     )
     return assemble(
         name,

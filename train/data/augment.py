@@ -26,9 +26,13 @@ def to_rgb(image: Image) -> Image:
     return image
 
 
-def pad_crop(image: Image, padding: int, size: int, seed: Seed) -> Image:
-    """Zero-pad ``padding`` pixels on each side, then take a random ``size`` x ``size`` crop."""
-    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
+def pad_crop(image: Image, padding: int, size: int, seed: Seed, mode: str = "constant") -> Image:
+    """Pad ``padding`` pixels on each side, then take a random ``size`` x ``size`` crop.
+
+    ``mode`` is `tf.pad`'s: "constant" pads with zeros, "reflect" mirrors the image without
+    repeating its border (torchvision's ``Pad(padding_mode="reflect")``).
+    """
+    padded = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]], mode=mode)
     return tf.image.stateless_random_crop(padded, [size, size, image.shape[-1]], seed=seed)
 
 
@@ -40,8 +44,9 @@ def pad_crop_maps(
     padding: int = 4,
     flip: bool = True,
     raw_size: int = 32,
+    padding_mode: str = "constant",
 ) -> tuple[Callable[[Image, Seed], Image], Callable[[Image], Image]]:
-    """(train_map, test_map) of small images: random crops of the zero-padded image.
+    """(train_map, test_map) of small images: random crops of the padded image.
 
     Both bring the raw image to [0, 1], resize it from ``raw_size`` to ``size`` (if they
     differ) and normalize it, grayscale repeated to RGB. The train map first crops a random
@@ -52,9 +57,10 @@ def pad_crop_maps(
         size: the output's height and width.
         mean: the normalization's mean, per channel or one for all.
         std: its standard deviation, likewise.
-        padding: zero pixels on each side before the random crop.
+        padding: pixels on each side before the random crop.
         flip: random horizontal flips (not for digits, which are not mirror-symmetric).
         raw_size: the raw images' height and width.
+        padding_mode: "constant" (zeros) or "reflect" (see `pad_crop`).
 
     Returns:
         The train map (image, seed) -> image and the test map image -> image.
@@ -70,7 +76,7 @@ def pad_crop_maps(
         crop_seed = seed
         if flip:
             crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        image = pad_crop(prepare(image), padding, size, crop_seed)
+        image = pad_crop(prepare(image), padding, size, crop_seed, padding_mode)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, flip_seed)
         return normalize(to_rgb(image), mean, std)

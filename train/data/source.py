@@ -46,6 +46,10 @@ class Request:
     num_classes: int | None = None
     synthetic_examples: int = 512
     input_context: tf.distribute.InputContext | None = None
+    # CIFAR's preprocessing (`hyperparameters.Recipe`): its own statistics or ImageNet's,
+    # zero or reflect padding before the random crops.
+    normalization: str = "dataset"
+    padding_mode: str = "constant"
 
 
 @dataclasses.dataclass

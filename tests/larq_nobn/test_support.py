@@ -8,34 +8,57 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from larq_nobn import _support
 
 ROOT = Path(__file__).resolve().parents[2]
-SUPPORTED = "larq_nobn supports Python 3.10 to 3.12 and TensorFlow 2.16 to 2.21"
+SUPPORTED = (
+    "larq_nobn supports Python 3.10 to 3.12 and TensorFlow 2.16 to 2.21 (2.19 to 2.21 on "
+    "Python 3.12)"
+)
 
 
-def _requirements() -> tuple[str, list[str]]:
+def _setup_cfg_options() -> configparser.SectionProxy:
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
-    options = config["options"]
-    lines = [line.strip() for line in options["install_requires"].splitlines()]
-    return options["python_requires"], [line for line in lines if line and line[0] != "#"]
+    return config["options"]
 
 
-def test_setup_cfg_states_the_ranges_that_import_checks():
-    python_requires, install_requires = _requirements()
-    (lo, lo_minor), (hi, hi_minor) = _support.PYTHON
-    assert python_requires == f">={lo}.{lo_minor},<{hi}.{hi_minor + 1}"
-    (lo, lo_minor), (hi, hi_minor) = _support.TENSORFLOW
-    spec = f">={lo}.{lo_minor},<{hi}.{hi_minor + 1}"
-    assert f"tensorflow{spec}" in install_requires
-    assert f"tf-keras{spec}" in install_requires
+def _spec(versions) -> str:
+    (lo, lo_minor), (hi, hi_minor) = versions
+    return f">={lo}.{lo_minor},<{hi}.{hi_minor + 1}"
+
+
+def test_setup_cfg_requires_the_python_that_import_checks():
+    assert _setup_cfg_options()["python_requires"] == _spec(_support.PYTHON)
+
+
+@pytest.mark.parametrize(
+    "python,tf_keras",
+    [((3, 10), ">=2.16,<2.22"), ((3, 11), ">=2.16,<2.22"), ((3, 12), ">=2.19,<2.22")],
+)
+def test_setup_cfg_requires_the_tensorflow_that_import_checks(python, tf_keras):
+    """On each supported Python, the requirements whose markers hold there bound tf-keras
+    (which pins TensorFlow's minor version) as `tensorflow_range` does."""
+    lines = [line.strip() for line in _setup_cfg_options()["install_requires"].splitlines()]
+    environment = {"python_version": f"{python[0]}.{python[1]}"}
+    specs = {}
+    for line in lines:
+        if line and not line.startswith("#"):
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                specs[requirement.name] = specs.get(requirement.name, SpecifierSet())
+                specs[requirement.name] &= requirement.specifier
+    assert specs["tf-keras"] == SpecifierSet(tf_keras)
+    assert _spec(_support.tensorflow_range(python)) == tf_keras
+    assert specs["tensorflow"] == SpecifierSet(">=2.16,<2.22")
 
 
 @pytest.mark.parametrize(
     "python,tensorflow",
-    [((3, 10), "2.16.0"), ((3, 12), "2.21.0"), ((3, 11), "2.16.0rc1"), ((3, 12), "2.21.7")]
+    [((3, 10), "2.16.0"), ((3, 12), "2.21.0"), ((3, 11), "2.16.0rc1"), ((3, 12), "2.19.0")]
     + [((3, 11), None)],  # TensorFlow not installed: its own import error says so
 )
 def test_supported_versions_pass(python, tensorflow):
@@ -48,9 +71,11 @@ def test_supported_versions_pass(python, tensorflow):
         ((3, 13), None, "not Python 3.13", "NumPy 1"),
         ((3, 13), "2.21.0", "not Python 3.13", "NumPy 1"),
         ((3, 9), "2.16.0", "not Python 3.9", "Python 3.10 or later"),
-        ((3, 11), "2.15.1", "not TensorFlow 2.15.1", "tf_keras.src"),
-        ((3, 11), "2.22.0", "not TensorFlow 2.22.0", "tf_keras.src"),
-        ((3, 12), "2.22.0rc0", "not TensorFlow 2.22.0rc0", "tf_keras.src"),
+        ((3, 11), "2.15.1", "not TensorFlow 2.15.1 on Python 3.11", "tf_keras.src"),
+        ((3, 10), "2.22.0", "not TensorFlow 2.22.0 on Python 3.10", "tf_keras.src"),
+        ((3, 12), "2.22.0rc0", "not TensorFlow 2.22.0rc0 on Python 3.12", "tf_keras.src"),
+        ((3, 12), "2.18.1", "not TensorFlow 2.18.1 on Python 3.12", "randint(1, 1e9)"),
+        ((3, 12), "2.16.2", "not TensorFlow 2.16.2 on Python 3.12", "randint(1, 1e9)"),
     ],
 )
 def test_unsupported_versions_get_one_line(python, tensorflow, names, why):
@@ -58,8 +83,9 @@ def test_unsupported_versions_get_one_line(python, tensorflow, names, why):
     assert message.startswith(SUPPORTED + ", " + names + ": ")
     assert why in message
     assert "\n" not in message
-    if tensorflow is not None and names.startswith("not TensorFlow"):
-        assert 'pip install "tensorflow>=2.16,<2.22" "tf-keras>=2.16,<2.22"' in message
+    if names.startswith("not TensorFlow"):
+        lo = "2.19" if python == (3, 12) else "2.16"
+        assert f'pip install "tensorflow>={lo},<2.22" "tf-keras>={lo},<2.22"' in message
 
 
 def _import_larq_nobn(python: str, preamble: str = "") -> subprocess.CompletedProcess:

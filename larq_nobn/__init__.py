@@ -9,6 +9,10 @@ scaling (the latter lives in the `larq_nobn.zoo` models).
 import os
 import sys
 
+from larq_nobn import _support
+
+_support.check()  # Python and TensorFlow in the supported ranges, before TensorFlow loads
+
 # larq needs Keras 2. Since TensorFlow 2.16 `tf.keras` means Keras 3 unless this is set
 # before TensorFlow resolves `tf.keras`; set it here so `import larq_nobn` just works.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -1,6 +1,7 @@
 """Test-session setup: Keras 2 and two logical CPU devices (for tf.distribute tests), and
 the order in which `pytest -n 2` hands the tests out (see `pytest_collection_modifyitems`)."""
 
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,6 +29,11 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow(seconds): about that long with `pytest -n 2` on 2 cores; run first"
     )
+    config.addinivalue_line(
+        "markers",
+        "torch: compares with PyTorch (the `test` extra installs it); where it is not "
+        'installed, deselect these with -m "not torch"',
+    )
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -48,6 +54,13 @@ def pytest_collection_modifyitems(items):
         return marker.args[0] if marker else 0.0
 
     items.sort(key=seconds, reverse=True)  # stable: the others keep their order
+
+
+@pytest.fixture(autouse=True)
+def _torch_installed(request):
+    """A selected `torch` test fails where PyTorch is missing: it is never skipped."""
+    if request.node.get_closest_marker("torch") and importlib.util.find_spec("torch") is None:
+        pytest.fail('PyTorch is not installed: install the `test` extra or add -m "not torch"')
 
 
 @pytest.fixture(autouse=True)

@@ -149,7 +149,7 @@ def test_plot_writes_a_png_for_three_variants(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from matplotlib import image
 
-    assert image.imread(path).shape[:2] == (460, 1500)
+    assert image.imread(path).shape[:2] == (450, 1500)
     assert path.stat().st_size < 250_000
 
 

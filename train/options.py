@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from larq_nobn import zoo
+from larq_nobn import acceleration, zoo
 from larq_nobn.registry import unknown_name_message
 from larq_nobn.train import catalog
 from larq_nobn.train import hyperparameters as hp
@@ -228,6 +228,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("jit_compile", bool, False, "compile the training step with XLA"),
     Option("export_tflite", bool, False, "also export a TFLite model (larq-compute-engine)"),
     Option("deterministic", bool, False, "bit-reproducible runs (same flags, same weights)"),
+    Option(
+        "acceleration",
+        str,
+        acceleration.AUTO,
+        "which exact reformulations run (larq_nobn.acceleration): exact (TensorFlow's "
+        "kernels and ops, torch's Adam), fused, cpu_light, cpu (every CPU one, for CPUs "
+        "with slow gradient kernels: benchmarks/conv_gradients.py says), or auto: "
+        f"${acceleration.VARIABLE} if set, else fused with a GPU and cpu_light without. "
+        "config.json records the resolved one; a resumed run keeps it",
+        one_of(lambda: acceleration.CHOICES),
+    ),
     Option(
         "verbose",
         int,

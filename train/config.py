@@ -21,11 +21,10 @@ from larq_nobn.train.options import (  # noqa: F401  (config.X, as before)
 )
 
 # Per-dataset defaults for --epochs and --batch_size. The real datasets use the paper's
-# recipe (256 epochs of batch 256, both stages); the embedded digits are sized so the
-# default command trains to about 97 % on 2 CPU cores: 5 epochs of batch 64 (97.2 %
-# measured, 4:56 on a family-25 EPYC, 1:56 on a family-26 one; batch 32, 96.7 % in 1.6x the
-# time; batch 128, 89 % after 4 epochs of stage 1;
-# 4 epochs of 64, 93.9 % after stage 1).
+# recipe (256 epochs of batch 256, both stages); the embedded digits are sized so that the
+# default command trains to about 97 % in minutes on 2 CPU cores: 5 epochs of batch 64
+# (smaller batches take longer for no more accuracy, larger ones or fewer epochs fall
+# short; BENCHMARKS.md, section 9, has the runs).
 DATASET_DEFAULTS = {
     "digits": dict(epochs=5, batch_size=64),
     "fashion_mnist": dict(epochs=10, batch_size=256),

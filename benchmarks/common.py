@@ -15,7 +15,7 @@ if str(REPO_ROOT) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import larq_nobn  # noqa: E402,F401  (Keras 2 before TensorFlow)
-from larq_nobn.memory import reuse_freed_memory  # noqa: E402
+from larq_nobn.train.process import reuse_freed_memory  # noqa: E402
 
 # As the training program does; `MALLOC_MMAP_MAX_=65536` in the environment keeps glibc's
 # defaults (benchmarks/malloc_settings.py compares both).
@@ -268,7 +268,7 @@ class Trainer:
         jit_compile: bool = False,
         agc_clip: float = AGC_CLIP,
         stem: str = "imagenet",
-        fused: bool = True,
+        fused: bool | None = None,
     ):
         self.name = name
         self.model = build_model(

@@ -1,18 +1,23 @@
-"""Convolution gradients: TensorFlow's kernels against `larq_nobn.conv2d`'s, side by side.
+"""Convolution gradients: TensorFlow's kernels against `larq_nobn.conv2d`'s, side by side,
+and the acceleration setting this host should run.
 
-Two tables, each measured in alternating rounds in one process:
+It first times TensorFlow's input-gradient kernel against the forward convolution where
+slow kernels are slowest (3x3, 512 -> 512 channels, a 1x1 map, batch 64) and prints the
+recommended `--acceleration` (`larq_nobn.acceleration`): "cpu" where that kernel is at
+least `SLOW_KERNEL_RATIO` times the forward convolution, else "auto". The library itself
+never measures: this is the command that does. Then two tables, each measured in
+alternating rounds in one process:
 
 1. per convolution shape of the zoo's backbones (stage 2, at each --configs cell): the
    forward convolution, and forward plus input and filter gradients with TensorFlow's
-   `Conv2DBackpropInput` / `Conv2DBackpropFilter` against ours;
+   `Conv2DBackpropInput` / `Conv2DBackpropFilter` against ours (as "cpu" computes them;
+   the column "ours under" names the settings that take ours for that shape);
 2. per zoo model: the forward pass (training mode) and a training step with the paper's
-   optimizer, "before" (TensorFlow's convolution gradients, `TorchAdam(fused=False)`),
-   "tf grads" (TensorFlow's convolution gradients, the recipe's fused Adam) and "after"
-   (this package's defaults: `set_conv_gradients("auto")`, the fused Adam), their ratio,
-   images/s, and nobn/bn images/s.
+   optimizer under each acceleration setting, images/s, and nobn/bn images/s.
 
     python benchmarks/conv_gradients.py                       # both tables, 32:64 and 224:32
     python benchmarks/conv_gradients.py --tables shapes --configs 32:64
+    python benchmarks/conv_gradients.py --tables none         # the recommendation only
 """
 
 import common
@@ -20,19 +25,19 @@ import common
 # isort: split
 import argparse
 import collections
+import math
+import time
 
 import numpy as np
 import tensorflow as tf
 
 import larq_nobn
+from larq_nobn import acceleration
 
-# (convolution gradients, fused Adam): before the forward-kernel gradients and the fused
-# Adam, TensorFlow's gradients with today's optimizer, and today's defaults.
-SETUPS = {
-    "before": ("tensorflow", False),
-    "tf grads": ("tensorflow", True),
-    "after": ("auto", True),
-}
+SETUPS = acceleration.SETTINGS
+# TensorFlow's input gradient over the forward convolution in `gradient_kernel_ratio`, from
+# which "cpu" pays: the slow hosts measured read about 90, the others 0.8-1.9.
+SLOW_KERNEL_RATIO = 8.0
 ZOO_NORMS = ("bn", "nobn", "none")
 
 
@@ -84,14 +89,46 @@ def conv_contenders(shape: tuple) -> dict:
     }
 
 
-def ours_compute(shape: tuple) -> str:
-    """Which gradients `larq_nobn.conv2d` computes itself for `shape` in the current mode
-    (the others are TensorFlow's kernels, and the row then times the same graph twice)."""
+def ours_under(shape: tuple) -> str:
+    """The settings under which `larq_nobn.conv2d` computes gradients of `shape` itself,
+    and which ("both", or "input" only); "-" where every setting takes TensorFlow's
+    kernels (the row then times the same graph twice)."""
     batch, h, w, cin, cout, k, s, padding = shape
-    by_forward, by_patches = larq_nobn.conv.gradient_plan(
-        (batch, h, w, cin), (k, k, cin, cout), s, padding
-    )
-    return {(True, True): "both", (True, False): "input"}.get((by_forward, by_patches), "-")
+    found = []
+    for setting in ("cpu_light", "cpu"):
+        plan = larq_nobn.conv.gradient_plan(
+            (batch, h, w, cin), (k, k, cin, cout), s, padding, setting
+        )
+        if any(plan):
+            found.append(f"{setting} ({'both' if all(plan) else 'input'})")
+    return ", ".join(found) or "-"
+
+
+def _best_time(op, runs: int) -> float:
+    op().numpy()  # kernel selection and allocations happen on the first call
+    best = math.inf
+    for _ in range(runs):
+        start = time.perf_counter()
+        op().numpy()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def gradient_kernel_ratio() -> float:
+    """TensorFlow's CPU input-gradient kernel's time over the forward convolution's, on
+    the convolution where slow hosts are slowest: 3x3, 512 -> 512 channels, a 1x1 map,
+    batch 64 (best of 3 forward calls, of 2 `Conv2DBackpropInput` calls)."""
+    with tf.device("/CPU:0"):
+        x = tf.fill([64, 1, 1, 512], 0.5)
+        w = tf.fill([3, 3, 512, 512], 0.01)
+        forward = _best_time(lambda: tf.nn.conv2d(x, w, 1, "SAME"), runs=3)
+        backward = _best_time(
+            lambda: tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=x.shape, filter=w, out_backprop=x, strides=[1] * 4, padding="SAME"
+            ),
+            runs=2,
+        )
+    return backward / forward
 
 
 def shapes_table(args) -> None:
@@ -100,7 +137,8 @@ def shapes_table(args) -> None:
         for backbone in args.backbones:
             for shape, count in conv_shapes(backbone, size, batch):
                 common.log(f"shape {backbone} {shape}")
-                seconds = common.alternate(conv_contenders(shape), args.rounds)
+                with acceleration.acceleration_scope("cpu"):  # traced on their first call
+                    seconds = common.alternate(conv_contenders(shape), args.rounds)
                 fwd, tf_ms, ours = (
                     1e3 * common.median(seconds[n])
                     for n in ("forward", "tensorflow", "forward_grads")
@@ -114,7 +152,7 @@ def shapes_table(args) -> None:
                         f"{h}x{w}",
                         f"{cin}->{cout}",
                         f"{k}x{k}/{s} {padding.lower()}",
-                        ours_compute(shape),
+                        ours_under(shape),
                         f"{fwd:.1f}",
                         f"{tf_ms:.1f}",
                         f"{ours:.1f}",
@@ -131,7 +169,7 @@ def shapes_table(args) -> None:
             "map",
             "channels",
             "kernel",
-            "ours compute",
+            "ours under",
             "forward",
             "TF grads",
             "our grads",
@@ -142,18 +180,16 @@ def shapes_table(args) -> None:
 
 
 class ModelTimer:
-    """A zoo model's forward pass and training step, built under one of `SETUPS`."""
+    """A zoo model's forward pass and training step, traced under one of `SETUPS`."""
 
     def __init__(self, name: str, size: int, batch: int, setup: str, args):
-        gradients, fused = SETUPS[setup]
-        with larq_nobn.conv_gradients(gradients):
+        with acceleration.acceleration_scope(setup):
             self.trainer = common.Trainer(
                 name,
                 stage=2,
                 input_size=size,
                 batch_size=batch,
                 num_classes=common.num_classes_for(size, None),
-                fused=fused,
             )
             images = tf.constant(self.trainer.batch[0])
             model = self.trainer.model
@@ -225,23 +261,25 @@ def main() -> None:
         "--configs", type=common.parse_configs, default=common.parse_configs("32:64,224:32")
     )
     parser.add_argument(
-        "--tables", type=common.choices(("shapes", "models")), default=["shapes", "models"]
+        "--tables",
+        type=common.choices(("shapes", "models", "none")),
+        default=["shapes", "models"],
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup_steps", type=int, default=2)
     args = parser.parse_args()
     print(common.machine_description())
-    # The measurement "auto" decides by in this process, not a second one.
-    ratio, slow = larq_nobn.conv.host_kernel_ratio(), larq_nobn.conv.slow_gradient_kernels()
+    ratio = gradient_kernel_ratio()
+    recommended = "cpu" if ratio >= SLOW_KERNEL_RATIO else "auto"
     print(
-        f"TensorFlow's input gradient over the forward convolution (3x3, 512 channels, 1x1 map,"
-        f' batch 64): {ratio:.1f}x, so "auto" takes the rules of a '
-        f"{'slow' if slow else 'fast'} host"
+        "TensorFlow's input gradient over the forward convolution (3x3, 512 channels, 1x1 "
+        f"map, batch 64): {ratio:.1f}x (slow from {SLOW_KERNEL_RATIO:g}x)"
     )
     if "shapes" in args.tables:
         shapes_table(args)
     if "models" in args.tables:
         models_table(args)
+    print(f"recommended: --acceleration={recommended}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 
 import common
 
-from larq_nobn.memory import GLIBC_VARIABLES
+from larq_nobn.train.process import GLIBC_VARIABLES
 
 CHILD = r"""
 import sys, time

@@ -8,7 +8,8 @@ Two tables, each measured in alternating rounds in one process:
 2. per backbone and SIZE:BATCH cell: training images/s of the BN model, of the BN-free
    model with separate ops for every kernel ("nobn separate", what ran before) and with
    the default (fused ops for kernels of at least `unitwise.FUSED_MIN_SIZE` elements
-   where oneDNN runs), and nobn/bn for both.
+   where the acceleration setting fuses: on CPUs, unless it is "exact" or "fused"), and
+   nobn/bn for both.
 
 `larq_nobn.unitwise.fused_batch_norm_statistics` decides between the two when a function
 is traced; here it is replaced while each contender is traced.
@@ -26,6 +27,7 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
+import larq_nobn
 from larq_nobn import layers, unitwise
 
 DEFAULT = unitwise.fused_batch_norm_statistics
@@ -166,7 +168,8 @@ def main() -> None:
 
     print(common.machine_description())
     print(
-        "the default runs the fused ops on kernels of >= 2^20 elements here: "
+        f"the default ({larq_nobn.acceleration.resolve()}) runs the fused ops on kernels of "
+        ">= 2^20 elements here: "
         f"{DEFAULT(unitwise.FUSED_MIN_SIZE)}"
     )
     if "shapes" in tables:

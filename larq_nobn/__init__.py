@@ -39,13 +39,13 @@ def _check_keras_2() -> None:
 _check_keras_2()
 
 # The public names, imported on first use (PEP 562): `import larq_nobn` itself imports no
-# TensorFlow, so that a program can check its input before paying for it.
+# TensorFlow, so that a program can check its input before paying for it. Each Keras class
+# is registered for serialization when its module loads: the first public name used loads
+# them all, and Keras' `.keras` format imports the module a saved class names.
 _LAZY = {
     "WeightStandardization": "constraints",
     "QuantConv2D": "conv",
     "conv2d": "conv",
-    "conv_gradients": "conv",
-    "set_conv_gradients": "conv",
     "LearnableBias": "layers",
     "ScaledWSConv2D": "layers",
     "ScaledWSQuantConv2D": "layers",
@@ -55,7 +55,6 @@ _LAZY = {
     "MagnitudeAwareSteSign": "quantizers",
     "SigmoidSign": "quantizers",
     "QuantizedPReLU": "layers",
-    "reuse_freed_memory": "memory",
     "BlockStatistics": "spp",
     "signal_propagation": "spp",
     "scaled_standardize": "unitwise",
@@ -63,10 +62,11 @@ _LAZY = {
     "standardize": "unitwise",
     "unitwise_norm": "unitwise",
 }
-
+# The acceleration switch needs no TensorFlow.
+_SWITCH = ("acceleration_scope", "get_acceleration", "set_acceleration")
 
 _SUBMODULES = frozenset(
-    ("constraints", "conv", "export", "layers", "memory", "optimizers", "quantizers", "quiet")
+    ("acceleration", "constraints", "conv", "export", "layers", "optimizers", "quantizers")
     + ("registry", "spp", "spp_plot", "unitwise")
 )
 
@@ -76,59 +76,26 @@ def _load_public_names() -> None:
     alias such as "weight_standardization") is registered from then on."""
     import importlib
 
-    if "tensorflow" not in sys.modules:
-        from larq_nobn.quiet import tensorflow_noise_filtered
-
-        with tensorflow_noise_filtered():  # CUDA plugin registration lines on CPU machines
-            import tensorflow  # noqa: F401
     for public, module in _LAZY.items():
         globals()[public] = getattr(importlib.import_module(f"{__name__}.{module}"), public)
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
-        import importlib
+    import importlib
 
+    if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _SWITCH:
+        value = globals()[name] = getattr(importlib.import_module(f"{__name__}.acceleration"), name)
+        return value
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     _load_public_names()
     return globals()[name]
 
 
-class _RegisterWhenTensorFlowLoads:
-    """A one-shot import hook: once TensorFlow is imported, by whoever imports it, the
-    public names are loaded, so that `import larq_nobn` followed by
-    `tf.keras.models.load_model(path)` finds larq_nobn's classes registered, as it did when
-    `import larq_nobn` imported them itself."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "tensorflow":
-            return None
-        sys.meta_path.remove(self)
-        import importlib.util
-
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_then_register(module):
-            exec_module(module)
-            sys.modules[fullname] = module  # as the import system would, before the names load
-            try:
-                _load_public_names()
-            except Exception:  # noqa: BLE001 - raised again, with its message, on first use
-                pass
-
-        spec.loader.exec_module = exec_then_register
-        return spec
-
-
 if "tensorflow" in sys.modules:  # its cost is paid already: register now
     _load_public_names()
-else:
-    sys.meta_path.insert(0, _RegisterWhenTensorFlowLoads())
 
 
 __version__ = "0.1.0"
@@ -146,12 +113,12 @@ __all__ = [
     "SigmoidSign",
     "TorchAdam",
     "WeightStandardization",
+    "acceleration_scope",
     "conv2d",
-    "conv_gradients",
-    "reuse_freed_memory",
+    "get_acceleration",
     "scaled_standardize",
     "scaled_ws_kernel",
-    "set_conv_gradients",
+    "set_acceleration",
     "signal_propagation",
     "standardize",
     "unitwise_norm",

@@ -1,10 +1,10 @@
 """A 2-D convolution whose gradients are computed as forward convolutions and matmuls.
 
 On some CPUs TensorFlow's `Conv2DBackpropInput` and `Conv2DBackpropFilter` kernels are
-35-90x slower than the forward convolution on small feature maps with many channels (a
-3x3 convolution over a 1x1 or 2x2 map with 512 channels), which is what the late stages
-of a ReActNet are made of. The same gradients written with the forward kernel cost about
-one forward convolution:
+many times slower than the forward convolution on small feature maps with many channels
+(a 3x3 convolution over a 1x1 or 2x2 map with 512 channels), which is what the late
+stages of a ReActNet are made of. The same gradients written with the forward kernel cost
+about one forward convolution:
 
 - the input gradient of a stride-1 convolution is a forward convolution of the output
   gradient with the kernel flipped in both spatial axes and its channels swapped; a
@@ -13,149 +13,36 @@ one forward convolution:
   of one forward convolution), interleaved back into the input grid;
 - the filter gradient is one matmul of the input's patches with the output gradient.
 
-Which convolutions take these gradients (`_gradient_plan`) was measured per convolution
-of the zoo by `benchmarks/conv_gradients.py`, on both kinds of host: a rule on their
-channels (below it TensorFlow's kernels are as fast, and the patches would cost k*k times
-the input's memory for nothing) and, where this process's probe finds TensorFlow's input
-gradient kernel as fast as the forward convolution (`slow_gradient_kernels`), only the
-convolutions with one-pixel outputs, the one place ours still win there.
-
 `conv2d` computes exactly what `tf.nn.conv2d` computes, forward and backward (to float32
 rounding). Every convolution layer of `larq_nobn`, and the `QuantConv2D` the zoo uses for
 its batch-norm and no-norm variants, calls it through `FastGradientConv`.
 
-Where it applies is a process-wide setting, read when a layer's call is traced:
-`set_conv_gradients("auto")` (the default: the rules above on CPU-only machines,
-TensorFlow's kernels as soon as a GPU is visible), `"forward"` (ours for every
-convolution) or `"tensorflow"` (TensorFlow's own kernels everywhere). The environment
-variable `LARQ_NOBN_CONV_GRADIENTS` sets the mode a process starts with.
+Which convolutions take these gradients (`gradient_plan`) is the acceleration setting's
+(`larq_nobn.acceleration`), read when a layer's call is traced, and the convolution's
+shapes: a rule on the channels (below it TensorFlow's kernels are as fast, and the patches
+would cost k*k times the input's memory for nothing), and under "cpu_light" only the
+convolutions with one-pixel outputs, the one place where ours win on every CPU.
+`benchmarks/conv_gradients.py` times both per convolution of the zoo.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import larq as lq
 import tensorflow as tf
 
+from larq_nobn import acceleration
 from larq_nobn.registry import keras_serializable
 
-MODES = ("auto", "forward", "tensorflow")
-MODE_VARIABLE = "LARQ_NOBN_CONV_GRADIENTS"
-_mode = os.environ.get(MODE_VARIABLE, "auto")
-if _mode not in MODES:
-    raise ValueError(f"{MODE_VARIABLE} must be one of {MODES}, got {_mode!r}.")
-
-# Under "auto", ours replace TensorFlow's kernels from these channel products (in * out)
-# on: below them TensorFlow's kernels are as fast or faster on every CPU measured
-# (benchmarks/conv_gradients.py prints both, per convolution of the zoo).
+# Ours replace TensorFlow's kernels from these channel products (in * out) on: below them
+# TensorFlow's kernels are as fast or faster on every CPU measured.
 INPUT_GRADIENT_MIN_CHANNELS = 128 * 128
 FILTER_GRADIENT_MIN_CHANNELS = 512 * 512
-# Where TensorFlow's gradient kernels are fast, ours only for outputs of one pixel: there
-# they still win (1.2-3.8x), on 2x2 outputs it is a tie (0.87-1.16), above TensorFlow's win.
-FAST_HOST_MAX_OUTPUT = 1
-# TensorFlow's input gradient over the forward convolution, in the probe's convolution,
-# from which a host counts as slow: about 90 on the slow hosts, 1.4-1.9 on the others.
-SLOW_KERNEL_RATIO = 8.0
-_kernel_ratio: float | None = None  # this process's `gradient_kernel_ratio()`, once measured
-_probe_lock = threading.Lock()
-
-
-def set_conv_gradients(mode: str) -> str:
-    """Chooses how convolution gradients are computed, for layers traced from now on.
-
-    Args:
-        mode: "auto" (the default: where no GPU is visible, forward-kernel gradients for
-            the convolutions with many channels, where TensorFlow's CPU kernels are slow;
-            TensorFlow's kernels everywhere else), "forward" (forward-kernel gradients for
-            every convolution) or "tensorflow" (TensorFlow's `Conv2DBackpropInput` and
-            `Conv2DBackpropFilter` everywhere: the switch that turns this module off).
-
-    Returns:
-        The previous mode.
-    """
-    global _mode
-    if mode not in MODES:
-        raise ValueError(f"Convolution gradients must be one of {MODES}, got {mode!r}.")
-    previous, _mode = _mode, mode
-    return previous
-
-
-def get_conv_gradients() -> str:
-    """The current mode of `set_conv_gradients`."""
-    return _mode
-
-
-@contextlib.contextmanager
-def conv_gradients(mode: str) -> Iterator[None]:
-    """`set_conv_gradients(mode)` for the duration of a `with` block."""
-    previous = set_conv_gradients(mode)
-    try:
-        yield
-    finally:
-        set_conv_gradients(previous)
-
-
-def _best_time(op, runs: int) -> float:
-    op().numpy()  # kernel selection and allocations happen on the first call
-    best = math.inf
-    for _ in range(runs):
-        start = time.perf_counter()
-        op().numpy()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def gradient_kernel_ratio() -> float:
-    """TensorFlow's CPU input-gradient kernel's time over the forward convolution's.
-
-    Measured on the convolution where the slow hosts are slowest: 3x3, 512 -> 512 channels,
-    a 1x1 map, batch 64 (best of 3 forward calls, of 2 `Conv2DBackpropInput` calls). It
-    takes 10-70 ms on a fast host (the first call of a process is the slower), an
-    estimated 1.5 s on a slow one (three slow calls).
-
-    Returns:
-        The ratio of the two times: about 90 where the kernel is slow (AMD EPYC of family
-        25: 430-470 ms against 5 ms, issue 19), 1.4-1.9 where it is not (family 26).
-    """
-    with tf.init_scope(), tf.device("/CPU:0"):  # eagerly, also when called in a trace
-        x = tf.fill([64, 1, 1, 512], 0.5)
-        w = tf.fill([3, 3, 512, 512], 0.01)
-        forward = _best_time(lambda: tf.nn.conv2d(x, w, 1, "SAME"), runs=3)
-        backward = _best_time(
-            lambda: tf.raw_ops.Conv2DBackpropInput(
-                input_sizes=x.shape, filter=w, out_backprop=x, strides=[1] * 4, padding="SAME"
-            ),
-            runs=2,
-        )
-    return backward / forward
-
-
-def host_kernel_ratio() -> float:
-    """`gradient_kernel_ratio()` of this process: measured on the first call, then kept."""
-    global _kernel_ratio
-    with _probe_lock:  # a mirrored strategy traces its replicas in threads
-        if _kernel_ratio is None:
-            _kernel_ratio = gradient_kernel_ratio()
-    return _kernel_ratio
-
-
-def slow_gradient_kernels() -> bool:
-    """Whether TensorFlow's input-gradient kernel is slow on this host's CPU.
-
-    Hosts of one kind differ: on some, `Conv2DBackpropInput` over a small map with many
-    channels is 35-90x slower than the forward convolution, on others it is as fast. The
-    first call measures it (`host_kernel_ratio`), once per process; "auto" reads it.
-
-    Returns:
-        True where the ratio is at least `SLOW_KERNEL_RATIO`.
-    """
-    return host_kernel_ratio() >= SLOW_KERNEL_RATIO
+# Under "cpu_light", ours only for outputs of at most this many pixels a side: there they
+# win where TensorFlow's gradient kernels are fast too; on larger outputs they do not.
+ONE_PIXEL = 1
 
 
 def _output_sizes(sizes, kernel, strides, pads) -> list[int]:
@@ -171,14 +58,16 @@ def gradient_plan(
     kernel_shape: Sequence[int],
     strides: int | Sequence[int] = 1,
     padding: str | Sequence[Sequence[int]] = "SAME",
+    setting: str | None = None,
 ) -> tuple[bool, bool]:
-    """Which gradients `conv2d` computes itself for these shapes, in the current mode.
+    """Which gradients `conv2d` computes itself for these shapes.
 
     Args:
         input_shape: NHWC, height and width known.
         kernel_shape: (kh, kw, in, out).
         strides: an int or a pair.
         padding: as for `conv2d`.
+        setting: an acceleration setting; None for the current one.
 
     Returns:
         (the input gradient by forward convolutions, the filter gradient by a matmul of
@@ -188,23 +77,20 @@ def gradient_plan(
     sizes, kernel = input_shape[1:3], kernel_shape[:2]
     pads = _spatial_padding(padding, sizes, kernel, strides)
     out_sizes = _output_sizes(sizes, kernel, strides, pads)
-    return _gradient_plan(kernel_shape[2], kernel_shape[3], out_sizes)
+    return _gradient_plan(kernel_shape[2], kernel_shape[3], out_sizes, setting)
 
 
 def _gradient_plan(
-    in_channels: int, out_channels: int, out_sizes: Sequence[int]
+    in_channels: int, out_channels: int, out_sizes: Sequence[int], setting: str | None = None
 ) -> tuple[bool, bool]:
     """(input gradient by forward convolutions, filter gradient by a matmul of patches)."""
-    if _mode == "tensorflow" or (_mode == "auto" and tf.config.list_logical_devices("GPU")):
+    rule = acceleration.plan(setting).conv_gradients
+    if rule == acceleration.CONV_TENSORFLOW:
         return False, False
-    if _mode == "forward":
-        return True, True
+    if rule == acceleration.CONV_ONE_PIXEL and max(out_sizes) > ONE_PIXEL:
+        return False, False
     channels = in_channels * out_channels
-    by_forward = channels >= INPUT_GRADIENT_MIN_CHANNELS
-    by_patches = channels >= FILTER_GRADIENT_MIN_CHANNELS
-    if by_forward and max(out_sizes) > FAST_HOST_MAX_OUTPUT and not slow_gradient_kernels():
-        return False, False
-    return by_forward, by_patches
+    return channels >= INPUT_GRADIENT_MIN_CHANNELS, channels >= FILTER_GRADIENT_MIN_CHANNELS
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -370,8 +256,8 @@ def conv2d(
 
     The forward pass is `tf.nn.conv2d` itself. The input gradient is computed with
     forward convolutions (one per phase of a strided input grid) and the filter gradient
-    as one matmul of image patches, where `set_conv_gradients` says so (by default, on
-    CPUs, for the convolutions with many channels); both equal TensorFlow's own gradients
+    as one matmul of image patches, where `gradient_plan` says so (the acceleration
+    setting, on CPUs, for convolutions with many channels); both equal TensorFlow's own gradients
     to float32 rounding. Inputs whose height or width is not known when the function is
     traced take TensorFlow's gradients.
 
@@ -441,13 +327,13 @@ class FastGradientConv:
     It replaces `convolution_op`, the one method through which tf-keras' `Conv2D` (and
     larq's `QuantConv2D`, after its input quantizer and padding) convolves. Layouts and
     options that `conv2d` does not cover (channels_first, dilation, groups) keep
-    TensorFlow's convolution, as do all layers while `set_conv_gradients("tensorflow")`
-    is in force or, under "auto", where a GPU is visible.
+    TensorFlow's convolution, as do all layers under an acceleration setting that keeps
+    TensorFlow's gradient kernels ("exact", "fused").
     """
 
     def convolution_op(self, inputs, kernel):
         if not (
-            _mode != "tensorflow"
+            acceleration.plan().conv_gradients != acceleration.CONV_TENSORFLOW
             and self.rank == 2
             and self.data_format == "channels_last"
             and self.groups == 1

@@ -1,29 +1,38 @@
 """Keras layers for batch-norm-free binary networks."""
 
 import contextlib
+import logging
 import math
+from collections.abc import Iterator
 
 import larq as lq
 import tensorflow as tf
 
-from larq_nobn import quiet
+from larq_nobn import acceleration
 from larq_nobn.conv import FastGradientConv
 from larq_nobn.quantizers import MagnitudeAwareSteSign
 from larq_nobn.registry import keras_serializable
 from larq_nobn.unitwise import scaled_standardize, scaled_ws_kernel
 
 
-def silence_starved_weights_warning() -> contextlib.AbstractContextManager:
-    """Drops larq's "starved weights" warning for binary kernels without a constraint.
+@contextlib.contextmanager
+def silence_starved_weights_warning() -> Iterator[None]:
+    """Drops larq's "starved weights" warning for binary kernels without a constraint,
+    in the block that builds the layers (larq's logger keeps every other record).
 
     The warning does not apply to scaled-WS layers (the quantizer sees a standardized
     kernel) nor to models that, like the paper's reference, train without weight clipping.
-    `LARQ_NOBN_TF_LOGS=1` shows it (`larq_nobn.quiet`).
-
-    Returns:
-        A context manager for the block that builds the layers.
     """
-    return quiet.logger_filtered("larq.layers_base", "starved weights")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "starved weights" not in record.getMessage()
+
+    logger = logging.getLogger("larq.layers_base")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 class _StandardizedKernel:
@@ -51,15 +60,19 @@ class _StandardizedKernel:
         latent_kernel = tf.convert_to_tensor(latent_kernel)
         gain = self.scaled_gain()
         quantizer = layer.kernel_quantizer
-        # The real-valued and the reference's binary kernel have a fused implementation;
-        # any other quantizer is applied to the standardized kernel.
-        if quantizer is None:
-            return scaled_ws_kernel(latent_kernel, gain, layer.gamma, layer.eps)
-        if type(quantizer) is MagnitudeAwareSteSign and not quantizer._custom_metrics:
-            return scaled_ws_kernel(
-                latent_kernel, gain, layer.gamma, layer.eps, binary_clip=quantizer.clip_value
-            )
-        kernel = quantizer(scaled_standardize(latent_kernel, layer.gamma, layer.eps))
+        # The real-valued and the reference's binary kernel have a fused implementation,
+        # where the acceleration setting takes it; otherwise, and for any other quantizer,
+        # the quantizer is applied to the standardized kernel.
+        if acceleration.plan().fused_ws_kernel:
+            if quantizer is None:
+                return scaled_ws_kernel(latent_kernel, gain, layer.gamma, layer.eps)
+            if type(quantizer) is MagnitudeAwareSteSign and not quantizer._custom_metrics:
+                return scaled_ws_kernel(
+                    latent_kernel, gain, layer.gamma, layer.eps, binary_clip=quantizer.clip_value
+                )
+        kernel = scaled_standardize(latent_kernel, layer.gamma, layer.eps)
+        if quantizer is not None:
+            kernel = quantizer(kernel)
         return kernel * tf.cast(gain, kernel.dtype)
 
 
@@ -77,8 +90,9 @@ class ScaledWSQuantConv2D(FastGradientConv, lq.layers.QuantConv2D):
     if given, multiplies that kernel too. The standardization is a
     reparameterization: gradients flow through it to the latent kernel. Without a kernel
     quantizer, or with "magnitude_aware_ste_sign", the effective kernel is computed by the
-    fused `larq_nobn.scaled_ws_kernel` (same values and gradients, less time and memory);
-    any other quantizer is applied to `scaled_standardize(W)`. Every argument of
+    fused `larq_nobn.scaled_ws_kernel` (same values and gradients, less time and memory)
+    unless the acceleration setting is "exact" (`larq_nobn.acceleration`); any other
+    quantizer is applied to `scaled_standardize(W)`. Every argument of
     `larq.layers.QuantConv2D` (so every one of `tf.keras.layers.Conv2D`) is taken, in its
     order and with its default. With no kernel quantizer this is the reference's
     `ScaledStdConv2d`; with `kernel_quantizer="magnitude_aware_ste_sign"` its

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
+from larq_nobn import acceleration
 from larq_nobn.registry import keras_serializable
 from larq_nobn.unitwise import UNITS, unitwise_norm
 
@@ -396,14 +397,15 @@ class TorchAdam(tf.keras.optimizers.Adam):
     gradients are applied as dense ones (torch's Adam rejects them). The slots are Keras
     Adam's (`m`, `v`, `vhat`), so checkpoints of either load into the other.
 
-    `fused=True` computes the same update with TensorFlow's one-pass `ApplyAdam` kernel:
+    The fused update computes the same step with TensorFlow's one-pass `ApplyAdam` kernel:
     its `lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + eps')` with
     `eps' = epsilon * sqrt(1 - beta_2^t)` is torch's formula multiplied out, so the values
     differ from torch's op order by float32 rounding only (a few units in the last place of
     the update), at a fraction of the time: each variable is read and written once instead
-    of by a dozen elementwise ops (on ReActNet-A's 28M weights, one CPU step of the
-    optimizer takes 5-6x less; `benchmarks/conv_gradients.py` prints it). The default,
-    `fused=False`, follows torch's op order exactly. AMSGrad always takes the unfused path.
+    of by a dozen elementwise ops (`benchmarks/conv_gradients.py` times a step both ways).
+    `fused=False` follows torch's op order exactly; by default (`fused=None`) the
+    acceleration setting decides when the update is traced (`larq_nobn.acceleration`:
+    unfused under "exact", fused otherwise). AMSGrad always takes the unfused path.
 
     ```python
     optimizer = TorchAdam(5e-4, epsilon=1e-8, weight_decay=1e-5,
@@ -419,7 +421,8 @@ class TorchAdam(tf.keras.optimizers.Adam):
         weight_decay: the coupled L2 factor (0 or None: none).
         exclude_from_weight_decay: regexes searched in variable names; matching
             variables are not decayed.
-        fused: compute the update with TensorFlow's fused Adam kernel (see above).
+        fused: compute the update with TensorFlow's fused Adam kernel (True), in torch's
+            op order (False), or as the acceleration setting says (None).
         **kwargs: every other argument of `tf.keras.optimizers.Optimizer` (`clipnorm`,
             `use_ema`, `jit_compile`, ...).
 
@@ -437,7 +440,7 @@ class TorchAdam(tf.keras.optimizers.Adam):
         amsgrad: bool = False,
         weight_decay: float | None = None,
         exclude_from_weight_decay: Sequence[str] | None = None,
-        fused: bool = False,
+        fused: bool | None = None,
         name: str = "TorchAdam",
         **kwargs,
     ):
@@ -465,7 +468,7 @@ class TorchAdam(tf.keras.optimizers.Adam):
             )
         ]
         self.exclude_from_weight_decay(var_names=patterns)
-        self.fused = bool(fused)
+        self.fused = None if fused is None else bool(fused)
 
     def _apply_weight_decay(self, variables):
         pass  # coupled: added to the gradient in `update_step`
@@ -523,7 +526,8 @@ class TorchAdam(tf.keras.optimizers.Adam):
 
         if self.decays(variable):
             gradient = gradient + tf.cast(self.weight_decay, dtype) * variable
-        if self.fused and not self.amsgrad:
+        fused = acceleration.plan().fused_adam if self.fused is None else self.fused
+        if fused and not self.amsgrad:
             tf.raw_ops.ResourceApplyAdam(
                 var=variable.handle,
                 m=m.handle,

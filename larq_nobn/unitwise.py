@@ -7,6 +7,8 @@ convolution, (in, out) for a dense layer. Everything here reduces over all other
 import numpy as np
 import tensorflow as tf
 
+from larq_nobn import acceleration
+
 
 def fan_in_axes(rank: int) -> list[int]:
     """The axes of a kernel of the given rank that belong to one output unit."""
@@ -95,31 +97,21 @@ def fused_batch_norm_statistics(size: int) -> bool:
     """Whether the standardization of a kernel runs on TensorFlow's fused batch-norm ops.
 
     A kernel's per-unit statistics and the gradient of its standardization are batch-norm
-    math over the fan-in axis. With oneDNN, TensorFlow's default on x86 CPUs,
-    `FusedBatchNormV3` gives the statistics and `FusedBatchNormGradV3` the whole gradient
-    with both column sums it needs, each in one op. On kernels of 2^20 elements and more
-    the two take 0.70-0.99x the time of the same math in separate ops; on smaller ones a
-    fixed cost of about 0.1 ms per op makes them up to 2.5x slower
-    (`benchmarks/ws_kernel.py`). Without oneDNN (`TF_ENABLE_ONEDNN_OPTS=0`) they are no
-    faster, and on GPUs cuDNN reads the gradient's saved variance as an inverse standard
-    deviation and clamps epsilon at 1e-5, which the gradient here relies on being 0:
-    there the separate ops run. Same values either way, to float32 rounding (tests
-    compare both). Decided when a function is traced.
+    math over the fan-in axis: `FusedBatchNormV3` gives the statistics and
+    `FusedBatchNormGradV3` the whole gradient with both column sums it needs, each in one
+    op instead of several passes over the kernel. Each op has a fixed cost, which only
+    large kernels pay back (`benchmarks/ws_kernel.py` times both per kernel of the zoo).
+    Same values either way, to float32 rounding (tests compare both). Decided when a
+    function is traced, by the acceleration setting (`larq_nobn.acceleration`), which
+    never fuses where a GPU is visible.
 
     Args:
         size: the number of elements of the kernel.
 
     Returns:
-        True for kernels of at least `FUSED_MIN_SIZE` elements where no GPU is visible and
-        oneDNN's kernels are on.
+        True for kernels of at least `FUSED_MIN_SIZE` elements where the setting fuses.
     """
-    if size < FUSED_MIN_SIZE or tf.config.list_logical_devices("GPU"):
-        return False
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:  # pragma: no cover - a TensorFlow without the module
-        return False
-    return bool(_pywrap_util_port.IsMklEnabled())
+    return size >= FUSED_MIN_SIZE and acceleration.plan().fused_statistics
 
 
 # The statistics pass normalizes by sqrt(var + _STATISTICS_EPS) (finite for a constant
@@ -134,8 +126,14 @@ def _as_batch(matrix: tf.Tensor) -> tf.Tensor:
     return tf.reshape(matrix, [1, fan_in, 1, units])
 
 
+def _compute_dtype(dtype: tf.DType) -> tf.DType:
+    """The dtype a kernel's standardization is computed in: float64 for float64 kernels,
+    float32 for every other (half precision loses too much in the sums)."""
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
 class _Moments:
-    """Per-unit statistics of a (fan_in, units) float32 matrix W.
+    """Per-unit statistics of a (fan_in, units) float32 or float64 matrix W.
 
     The centered matrix `W - mean` is held as `spread_centered * spread`, with `spread` a
     (1, units) row (1.0 without fused statistics, where `spread_centered = W - mean`). A
@@ -146,7 +144,10 @@ class _Moments:
     def __init__(self, matrix: tf.Tensor, scale: float, eps: float):
         self.fan_in = matrix.shape[0]
         self.eps = eps
-        self.fused = fused_batch_norm_statistics(matrix.shape.num_elements())
+        # TensorFlow's fused batch-norm ops compute in float32 (half-precision inputs too).
+        self.fused = matrix.dtype == tf.float32 and fused_batch_norm_statistics(
+            matrix.shape.num_elements()
+        )
         if self.fused:
             units = matrix.shape[1]
             normalized, _, _, mean, variance, _ = tf.raw_ops.FusedBatchNormV3(
@@ -253,8 +254,8 @@ def standardize(kernel: tf.Tensor, eps: float = 1e-5, scale: float = 1.0) -> tf.
                                     / (std * (std + eps)))
 
     for an incoming gradient g, with per-unit means (0 where std is 0). It is computed in
-    float32 whatever the kernel's dtype; only per-unit statistics are kept for the
-    backward pass, which works from the kernel itself.
+    float32 for kernels of lower precision (float64 for float64 ones); only per-unit
+    statistics are kept for the backward pass, which works from the kernel itself.
 
     Args:
         kernel: a kernel whose last axis holds the output units (rank >= 2).
@@ -266,10 +267,11 @@ def standardize(kernel: tf.Tensor, eps: float = 1e-5, scale: float = 1.0) -> tf.
     """
     kernel = tf.convert_to_tensor(kernel)
     shape, dtype = kernel.shape, kernel.dtype
+    compute_dtype = _compute_dtype(dtype)
     matrix_shape = _matrix_shape(kernel, "standardize")
 
     def as_matrix(x):
-        return tf.reshape(tf.cast(x, tf.float32), matrix_shape)
+        return tf.reshape(tf.cast(x, compute_dtype), matrix_shape)
 
     @tf.custom_gradient
     def _standardize(kernel):
@@ -298,7 +300,8 @@ def scaled_ws_kernel(
     unit `gain * mean(|W_hat|) * sign(W_hat)`, whose gradient reaches `W_hat` where
     `|W_hat| <= binary_clip`. Same values and gradients as those compositions (to float32
     rounding; tests compare both), with fewer passes over the kernel, and only per-unit
-    statistics kept for the backward pass instead of the intermediate kernels. It uses
+    statistics kept for the backward pass instead of the intermediate kernels. The layers
+    use it unless the acceleration setting is "exact" (`larq_nobn.acceleration`). It uses
     three identities, the reason gamma must be positive:
     - `sign(W_hat) = sign(W - mean)`;
     - `mean(|W_hat|) = gamma / sqrt(fan_in) / (std + eps) * mean(|W - mean|)`;
@@ -319,19 +322,20 @@ def scaled_ws_kernel(
         raise ValueError(f"`gamma` must be > 0, got {gamma}.")
     kernel, gain = tf.convert_to_tensor(kernel), tf.convert_to_tensor(gain)
     shape, dtype, gain_dtype = kernel.shape, kernel.dtype, gain.dtype
+    compute_dtype = _compute_dtype(dtype)
     matrix_shape = _matrix_shape(kernel, "scaled_ws_kernel")
     scale = gamma * matrix_shape[0] ** -0.5
     binary = binary_clip is not None
     may_clip = binary and gamma > binary_clip
 
     def as_matrix(x):
-        return tf.reshape(tf.cast(x, tf.float32), matrix_shape)
+        return tf.reshape(tf.cast(x, compute_dtype), matrix_shape)
 
     @tf.custom_gradient
     def _kernel(kernel, gain):
         matrix = as_matrix(kernel)
         moments = _Moments(matrix, scale, eps)
-        row_gain = tf.reshape(tf.cast(gain, tf.float32), [1, -1])
+        row_gain = tf.reshape(tf.cast(gain, compute_dtype), [1, -1])
         if binary:
             # mean |W_hat| per unit, and +-(gain * mean |W_hat|) by the sign of W_hat.
             magnitude = moments.factor * moments.mean_abs_centered()

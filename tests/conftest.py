@@ -7,9 +7,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import larq_nobn  # noqa: E402,F401  (selects Keras 2 before anything else imports TF)
-from larq_nobn.memory import reuse_freed_memory  # noqa: E402
+from larq_nobn.train.process import reuse_freed_memory  # noqa: E402
 
-reuse_freed_memory()  # as the program does (see larq_nobn.memory)
+reuse_freed_memory()  # as the program does (see larq_nobn.train.process)
 
 # isort: split
 import pytest  # noqa: E402

@@ -10,7 +10,7 @@ import importlib.util
 import json
 import os
 
-from larq_nobn import zoo
+from larq_nobn import acceleration, zoo
 from larq_nobn.train import catalog, options
 from larq_nobn.train import hyperparameters as hp
 from larq_nobn.train.options import (  # noqa: F401  (config.X, as before)
@@ -21,11 +21,10 @@ from larq_nobn.train.options import (  # noqa: F401  (config.X, as before)
 )
 
 # Per-dataset defaults for --epochs and --batch_size. The real datasets use the paper's
-# recipe (256 epochs of batch 256, both stages); the embedded digits are sized so the
-# default command trains to about 97 % on 2 CPU cores: 5 epochs of batch 64 (97.2 %
-# measured, 4:56 on a family-25 EPYC, 1:56 on a family-26 one; batch 32, 96.7 % in 1.6x the
-# time; batch 128, 89 % after 4 epochs of stage 1;
-# 4 epochs of 64, 93.9 % after stage 1).
+# recipe (256 epochs of batch 256, both stages); the embedded digits are sized so that the
+# default command trains to about 97 % in minutes on 2 CPU cores: 5 epochs of batch 64
+# (smaller batches take longer for no more accuracy, larger ones or fewer epochs fall
+# short; BENCHMARKS.md, section 9, has the runs).
 DATASET_DEFAULTS = {
     "digits": dict(epochs=5, batch_size=64),
     "fashion_mnist": dict(epochs=10, batch_size=256),
@@ -96,6 +95,11 @@ class _Resolution:
 
     def _check(self) -> None:
         self._check_options()
+        if self.acceleration == acceleration.AUTO:
+            try:  # auto takes the environment's setting, where it names one
+                acceleration.from_environment()
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
         if list(self.stages) != sorted(set(self.stages)):
             raise ConfigError(f"--stages must be increasing, got {self.stages}")
         if self.is_application and self.stages != (1,):
@@ -144,13 +148,37 @@ class _Resolution:
                 f"{finished.get('test_accuracy')}); choose another --model_dir"
             )
         saved = _read_json(os.path.join(self.model_dir, "config.json"))
-        changed = [] if saved is None else options.changed(saved, self)
+        changed = [] if saved is None else options.changed(saved, self.keeping_recorded())
         if changed:
             raise ConfigError(
                 f"{self.model_dir} holds an unfinished run with other flags "
                 f"({', '.join(changed)}); rerun it with the same flags or choose another "
                 "--model_dir"
             )
+
+    def keeping_recorded(self) -> "Config":
+        """This configuration, with `--acceleration auto` replaced by the setting that an
+        unfinished run in --model_dir recorded: a resumed run keeps its math. A setting
+        named by the flag stays (and `check_files` refuses it if the run recorded another).
+        """
+        if self.acceleration != acceleration.AUTO:
+            return self
+        path = os.path.join(self.model_dir, "config.json")
+        recorded = (_read_json(path) or {}).get("acceleration", acceleration.AUTO)
+        problem = options.BY_NAME["acceleration"].problem(recorded)
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
+        return dataclasses.replace(self, acceleration=recorded)
+
+    def with_acceleration_resolved(self) -> "Config":
+        """`keeping_recorded`, then auto resolved: the process's setting
+        (`LARQ_NOBN_ACCELERATION` where it is set), else by the kind of device (see
+        `larq_nobn.acceleration`). What config.json records; imports TensorFlow."""
+        config = self.keeping_recorded()
+        requested = config.acceleration
+        if requested == acceleration.AUTO:
+            requested = acceleration.get_acceleration()
+        return dataclasses.replace(config, acceleration=acceleration.resolve(requested))
 
     def weight_decay_for(self, stage: int) -> float:
         if self.weight_decay is not None:

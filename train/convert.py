@@ -24,7 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Flags and files are checked before TensorFlow is imported (`larq_nobn` first: Keras 2).
 from absl import flags  # noqa: E402
 
-from larq_nobn import quiet, zoo  # noqa: E402
+from larq_nobn import zoo  # noqa: E402
+from larq_nobn.train import process  # noqa: E402
 from larq_nobn.train.options import (  # noqa: E402
     Check,
     ConfigError,
@@ -216,7 +217,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         checkpoint, values = arguments(argv)
         # TensorFlow's start-up noise filtered; what else it writes is written afterwards.
-        with quiet.tensorflow_noise_filtered():
+        with process.tensorflow_noise_filtered():
             _require("torch", "Reading PyTorch checkpoints", "torch")
             if values["tflite"]:
                 _require("larq_compute_engine", "--tflite", "lce")

@@ -21,8 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Keras 2 (TF_USE_LEGACY_KERAS) before anything imports TensorFlow.
 from absl import app, flags  # noqa: E402
 
-from larq_nobn import quiet  # noqa: E402
-from larq_nobn.train import options  # noqa: E402
+from larq_nobn.train import options, process  # noqa: E402
 from larq_nobn.train.config import Config, ConfigError  # noqa: E402
 
 COMMAND = "larq-nobn-train"
@@ -50,12 +49,10 @@ def main(argv: list[str], **run_options) -> int:
 
 def train(config: Config, **run_options) -> int:
     """Runs `config` (imports TensorFlow); the exit code. `run_options` as for `main`."""
-    from larq_nobn.memory import reuse_freed_memory
-
-    reuse_freed_memory()  # before TensorFlow allocates anything (see larq_nobn.memory)
+    process.reuse_freed_memory()  # before TensorFlow allocates anything
     # Set-up without TensorFlow's noise (cuInit on CPU machines, CPU features, ...);
     # everything else it writes, and errors, still show.
-    with quiet.tensorflow_noise_filtered():
+    with process.tensorflow_noise_filtered():
         import tensorflow as tf
         from absl import logging as absl_logging
 
@@ -67,7 +64,7 @@ def train(config: Config, **run_options) -> int:
         for name in larq_nobn.__all__:  # registers every Keras class before files are read
             getattr(larq_nobn, name)
     try:
-        with quiet.tensorflow_noise_filtered():
+        with process.tensorflow_noise_filtered():
             tf.keras.utils.set_random_seed(config.seed)
             if config.deterministic:
                 make_deterministic()
@@ -107,7 +104,7 @@ def run(**run_options) -> None:
     # absl's start-up (its init callbacks) initializes TensorFlow's devices: on a CPU
     # machine, cuInit's error. Filtered until `main` starts; from there output is live.
     with contextlib.ExitStack() as startup:
-        startup.enter_context(quiet.tensorflow_noise_filtered())
+        startup.enter_context(process.tensorflow_noise_filtered())
 
         def main_after_startup(argv: list[str]) -> int:
             startup.close()

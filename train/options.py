@@ -17,7 +17,7 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from larq_nobn import zoo
+from larq_nobn import acceleration, zoo
 from larq_nobn.registry import unknown_name_message
 from larq_nobn.train import catalog
 from larq_nobn.train import hyperparameters as hp
@@ -381,6 +381,17 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "bit-reproducible runs (same flags, same weights)",
         group="training",
+    ),
+    Option(
+        "acceleration",
+        str,
+        acceleration.AUTO,
+        "which exact reformulations run (larq_nobn.acceleration): exact (TensorFlow's "
+        "kernels and ops, torch's Adam), fused, cpu_light, cpu (every CPU one, for CPUs "
+        "with slow gradient kernels: benchmarks/conv_gradients.py says), or auto: "
+        f"${acceleration.VARIABLE} if set, else fused with a GPU and cpu_light without. "
+        "config.json records the resolved one; a resumed run keeps it",
+        one_of(lambda: acceleration.CHOICES),
     ),
     Option(
         "verbose",

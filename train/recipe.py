@@ -56,7 +56,7 @@ def optimizer(
     total_steps: int,
     agc_clip: float,
     weight_decay: float = 0.0,
-    fused: bool = True,
+    fused: bool | None = None,
 ) -> tf.keras.optimizers.Optimizer:
     """The reference's optimizer step for the zoo models.
 
@@ -64,7 +64,8 @@ def optimizer(
     coupled L2 `weight_decay` on the reference's set (`DECAY_EXCLUDE` spares the rest),
     wrapped in AGC (clip `agc_clip`, units as in the reference's layouts) unless
     `agc_clip` is 0. Order, as in the reference: AGC clips the data gradient, then Adam
-    adds `weight_decay * W` and updates.
+    adds `weight_decay * W` and updates. `fused` is `TorchAdam`'s (None: the acceleration
+    setting's choice).
     """
     adam = larq_nobn.TorchAdam(
         LinearDecay(learning_rate, total_steps),

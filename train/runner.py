@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
+from larq_nobn import acceleration
 from larq_nobn.train import options, outputs, teachers
 from larq_nobn.train.config import IMAGENET, Config, ConfigError
 from larq_nobn.train.feed import Feed
@@ -76,7 +77,9 @@ class Run:
         callbacks: Callable[[int], Sequence[tf.keras.callbacks.Callback]] | None = None,
         cross_device_ops: tf.distribute.CrossDeviceOps | None = None,
     ):
-        self.config = config
+        # The acceleration that runs is a named setting, recorded in config.json and kept
+        # on resume (an unfinished run's, or auto resolved here).
+        self.config = config = config.with_acceleration_resolved()
         self.callbacks = callbacks or (lambda stage: ())
         self.strategy = make_strategy(config.strategy, cross_device_ops)
         replicas = self.strategy.num_replicas_in_sync
@@ -133,6 +136,11 @@ class Run:
         return options.to_json(self.config)
 
     def run(self) -> dict:
+        """Runs every stage under the run's acceleration setting; the final metrics."""
+        with acceleration.acceleration_scope(self.config.acceleration):
+            return self._run()
+
+    def _run(self) -> dict:
         config = self.config
         self.preflight()
         start = time.time()

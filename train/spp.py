@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 
 from absl import flags
 
-from larq_nobn import quiet
-from larq_nobn.train import options
+from larq_nobn.train import options, process
 from larq_nobn.train.options import ConfigError
 
 if TYPE_CHECKING:
@@ -81,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = options.parse(COMMAND, options.SPP_OPTIONS, argv, FLAGS)
         # TensorFlow's start-up lines (CUDA plugins, cuInit, CPU features) filtered out;
         # everything else it writes, and errors, still show.
-        with quiet.tensorflow_noise_filtered():
+        with process.tensorflow_noise_filtered():
             plot(**values)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,9 +1,7 @@
 """Tests of `larq_nobn.conv`: forward-kernel convolution gradients equal TensorFlow's."""
 
+import contextlib
 import itertools
-import os
-import subprocess
-import sys
 
 import larq as lq
 import numpy as np
@@ -11,14 +9,24 @@ import pytest
 import tensorflow as tf
 
 import larq_nobn
-from larq_nobn import conv, zoo
+from larq_nobn import acceleration, conv, zoo
 
 RNG = np.random.default_rng(0)
 
 
+@contextlib.contextmanager
+def every_gradient_ours():
+    """Ours for every convolution: "cpu", with its channel rule lowered to one channel."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv, "INPUT_GRADIENT_MIN_CHANNELS", 1)
+        patch.setattr(conv, "FILTER_GRADIENT_MIN_CHANNELS", 1)
+        with larq_nobn.acceleration_scope("cpu"):
+            yield
+
+
 @pytest.fixture
 def forward_gradients():
-    with larq_nobn.conv_gradients("forward"):
+    with every_gradient_ours():
         yield
 
 
@@ -69,12 +77,14 @@ def test_gradients_equal_tensorflows(forward_gradients, size, kernel, stride, pa
         assert_relative(a, b, 1e-5)
 
 
+@pytest.mark.parametrize("setting", ["cpu_light", "cpu"])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("in_channels,out_channels", [(512, 512), (128, 256), (64, 64)])
-def test_many_channels_on_small_maps(in_channels, out_channels, stride):
-    # The default mode, at the shapes of the backbones' last stages.
+def test_many_channels_on_small_maps(in_channels, out_channels, stride, setting):
+    # The CPU settings, at the shapes of the backbones' last stages.
     x, w = random(2, 2, 2, in_channels), random(3, 3, in_channels, out_channels)
-    ours = gradients(lambda x, w: larq_nobn.conv2d(x, w, stride), x, w)
+    with larq_nobn.acceleration_scope(setting):
+        ours = gradients(lambda x, w: larq_nobn.conv2d(x, w, stride), x, w)
     theirs = gradients(lambda x, w: tf.nn.conv2d(x, w, stride, "SAME"), x, w)
     for a, b in zip(ours, theirs, strict=True):
         assert_relative(a, b, 1e-5)
@@ -86,76 +96,52 @@ def gradient_ops(fn, x, w) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "mode,slow_host,channels,size,stride,tf_input,tf_filter",
+    "setting,channels,size,stride,tf_input,tf_filter",
     [
-        ("tensorflow", True, 512, 4, 1, True, True),
-        ("forward", False, 8, 4, 1, False, False),
-        ("auto", True, 8, 4, 1, True, True),  # few channels: TensorFlow's kernels are as fast
-        ("auto", True, 128, 4, 1, False, True),  # 128 * 128: the input gradient is ours
-        ("auto", True, 512, 4, 1, False, False),  # 512 * 512: both are ours
-        ("auto", False, 512, 2, 1, True, True),  # a fast host: TensorFlow's on 2x2 outputs
-        ("auto", False, 128, 1, 1, False, True),  # and ours on 1x1 ones, by the channel rule
-        ("auto", False, 512, 1, 1, False, False),
-        ("auto", False, 512, 2, 2, False, False),  # a 2x2 map at stride 2: a 1x1 output
+        ("exact", 512, 1, 1, True, True),
+        ("fused", 512, 1, 1, True, True),
+        ("cpu", 8, 4, 1, True, True),  # few channels: TensorFlow's kernels are as fast
+        ("cpu", 128, 4, 1, False, True),  # 128 * 128: the input gradient is ours
+        ("cpu", 512, 4, 1, False, False),  # 512 * 512: both are ours
+        ("cpu_light", 512, 2, 1, True, True),  # TensorFlow's on 2x2 outputs
+        ("cpu_light", 128, 1, 1, False, True),  # and ours on 1x1 ones, by the channel rule
+        ("cpu_light", 512, 1, 1, False, False),
+        ("cpu_light", 512, 2, 2, False, False),  # a 2x2 map at stride 2: a 1x1 output
+        ("auto", 512, 2, 1, True, True),  # no GPU here: auto is cpu_light
+        ("auto", 512, 1, 1, False, False),
     ],
 )
-def test_which_kernels_compute_the_gradients(
-    mode, slow_host, channels, size, stride, tf_input, tf_filter, monkeypatch
-):
-    monkeypatch.setattr(conv, "_kernel_ratio", 90.0 if slow_host else 1.5)
+def test_which_kernels_compute_the_gradients(setting, channels, size, stride, tf_input, tf_filter):
     x, w = random(2, size, size, channels), random(3, 3, channels, channels)
-    with larq_nobn.conv_gradients(mode):
+    with larq_nobn.acceleration_scope(setting):
         ops = gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, stride), x, w)
     assert ("Conv2DBackpropInput" in ops) == tf_input
     assert ("Conv2DBackpropFilter" in ops) == tf_filter
-    with larq_nobn.conv_gradients(mode):  # what the benchmark reports per shape
-        assert conv.gradient_plan(x.shape, w.shape, stride) == (not tf_input, not tf_filter)
+    # What the benchmark reports per shape and setting, without entering it.
+    assert conv.gradient_plan(x.shape, w.shape, stride, setting=setting) == (
+        not tf_input,
+        not tf_filter,
+    )
 
 
-@pytest.mark.parametrize("ratio,slow", [(60.0, True), (conv.SLOW_KERNEL_RATIO, True), (1.5, False)])
-def test_the_host_is_probed_once_and_only_where_it_decides(ratio, slow, monkeypatch):
-    calls = []
-    monkeypatch.setattr(conv, "_kernel_ratio", None)
-    monkeypatch.setattr(conv, "gradient_kernel_ratio", lambda: calls.append(1) or ratio)
-    small, large = random(2, 1, 1, 512), random(2, 2, 2, 512)
-    w = random(3, 3, 512, 512)
-    gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, 1), small, w)  # ours on any host
-    assert calls == []
-    for _ in range(2):
-        ops = gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, 1), large, w)
-        assert ("Conv2DBackpropInput" in ops) != slow
-    assert calls == [1]
-    assert conv.slow_gradient_kernels() == slow
-
-
-def test_the_probe_measures_the_kernels():
-    # A real measurement: its value depends on the host (about 90 or 1.4-1.9), its being a
-    # positive time ratio does not; the probe must leave no trace in a graph it runs in.
-    ratio = conv.gradient_kernel_ratio()
-    assert 0.0 < ratio < 1e3
-    graph = tf.function(lambda: conv.gradient_kernel_ratio() * tf.ones([])).get_concrete_function()
-    assert "Conv2DBackpropInput" not in {op.type for op in graph.graph.get_operations()}
-
-
-def test_auto_keeps_tensorflows_kernels_where_a_gpu_is_visible(monkeypatch):
+@pytest.mark.parametrize("setting", ["auto", "cpu_light", "cpu"])
+def test_where_a_gpu_is_visible_auto_keeps_tensorflows_kernels(setting, monkeypatch):
     real = tf.config.list_logical_devices
     monkeypatch.setattr(
         tf.config,
         "list_logical_devices",
         lambda kind=None: ["/GPU:0"] if kind == "GPU" else real(kind),
     )
-    x, w = random(2, 4, 4, 512), random(3, 3, 512, 512)
-    ops = gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, 1), x, w)
-    assert {"Conv2DBackpropInput", "Conv2DBackpropFilter"} <= ops
+    x, w = random(2, 1, 1, 512), random(3, 3, 512, 512)
+    with larq_nobn.acceleration_scope(setting):
+        ops = gradient_ops(lambda x, w: larq_nobn.conv2d(x, w, 1), x, w)
+    # A setting that names the CPU reformulations keeps them (correct on any device).
+    ours = setting != "auto"
+    assert ("Conv2DBackpropInput" in ops) != ours
+    assert ("Conv2DBackpropFilter" in ops) != ours
 
 
-def test_mode_switch():
-    assert conv.get_conv_gradients() == "auto"
-    with larq_nobn.conv_gradients("tensorflow"):
-        assert conv.get_conv_gradients() == "tensorflow"
-    assert conv.get_conv_gradients() == "auto"
-    with pytest.raises(ValueError, match="must be one of"):
-        larq_nobn.set_conv_gradients("fast")
+def test_explicit_padding_must_be_non_negative_pairs():
     with pytest.raises(ValueError, match="two non-negative pairs"):
         larq_nobn.conv2d(random(1, 3, 3, 1), random(3, 3, 1, 1), 1, [[1, -1], [0, 0]])
 
@@ -211,14 +197,15 @@ def test_layers_gradients_equal_tensorflows(make_layer):
     x = random(2, 6, 6, 4)
     layer.build(x.shape)
 
-    def run(mode):
-        with larq_nobn.conv_gradients(mode), tf.GradientTape() as tape:
+    def run(accelerated):
+        scope = every_gradient_ours() if accelerated else larq_nobn.acceleration_scope("exact")
+        with scope, tf.GradientTape() as tape:
             tape.watch(x)
             y = layer(x)
             loss = tf.reduce_sum(y * y)
         return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
 
-    for a, b in zip(run("forward"), run("tensorflow"), strict=True):
+    for a, b in zip(run(True), run(False), strict=True):
         assert_relative(a, b, 1e-5)
 
 
@@ -249,18 +236,43 @@ def float64():
     tf.keras.mixed_precision.set_global_policy(previous)
 
 
-@pytest.mark.parametrize("name,stage", MODELS)
-def test_zoo_model_gradients_equal_tensorflows(float64, name, stage):
-    tf.keras.utils.set_random_seed(1)
-    model = zoo.get_model(name, stage=stage, input_shape=(32, 32, 3), num_classes=10)
-    images = random(2, 32, 32, 3, dtype="float64")
+_exact_model = {}  # (name, stage) -> (model, images, its gradients under "exact"), the last
 
-    def run(mode):
-        with larq_nobn.conv_gradients(mode), tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.square(model(images, training=True)))
-        return tape.gradient(loss, model.trainable_variables)
 
-    ours, theirs = run("forward"), run("tensorflow")
+def exact_model_gradients(name, stage):
+    """A seeded zoo model, its images and its gradients under "exact", computed once for
+    consecutive tests of the same model (one model kept: they are large in float64)."""
+    if (name, stage) not in _exact_model:
+        _exact_model.clear()
+        tf.keras.utils.set_random_seed(1)
+        model = zoo.get_model(name, stage=stage, input_shape=(32, 32, 3), num_classes=10)
+        images = random(2, 32, 32, 3, dtype="float64")
+        with larq_nobn.acceleration_scope("exact"):
+            _exact_model[(name, stage)] = (model, images, model_gradients(model, images))
+    return _exact_model[(name, stage)]
+
+
+def model_gradients(model, images):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(model(images, training=True)))
+    return tape.gradient(loss, model.trainable_variables)
+
+
+# Every setting but "exact" itself, and "cpu" with ours for every convolution.
+ACCELERATED = [*(s for s in acceleration.SETTINGS if s != "exact"), "every convolution"]
+
+
+@pytest.mark.parametrize(
+    "name,stage,setting", [(*model, setting) for model in MODELS for setting in ACCELERATED]
+)
+def test_zoo_model_gradients_equal_the_exact_settings(float64, name, stage, setting):
+    model, images, theirs = exact_model_gradients(name, stage)
+    if setting == "every convolution":
+        with every_gradient_ours():
+            ours = model_gradients(model, images)
+    else:
+        with larq_nobn.acceleration_scope(setting):
+            ours = model_gradients(model, images)
     assert len(ours) == len(model.trainable_variables) > 0
     # Some variables' true gradients are zero (batch norm over the 2 values of a 1x1
     # map) and hold only rounding noise: compare against the model's largest gradient.
@@ -305,17 +317,3 @@ def test_unknown_height_and_width_take_tensorflows_gradients(forward_gradients):
         assert_relative(a, b, 1e-6)
     ops = {op.type for op in traced.get_concrete_function().graph.get_operations()}
     assert "Conv2DBackpropInput" in ops
-
-
-@pytest.mark.parametrize("value", ["tensorflow", "forward", "fastest"])
-def test_the_environment_sets_the_starting_mode(value):
-    code = "from larq_nobn import conv; print(conv.get_conv_gradients())"
-    env = {**os.environ, conv.MODE_VARIABLE: value, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    if value in conv.MODES:
-        assert result.stdout.split()[-1] == value
-    else:
-        assert result.returncode != 0
-        assert f"LARQ_NOBN_CONV_GRADIENTS must be one of {conv.MODES}, got 'fastest'" in (
-            result.stderr
-        )

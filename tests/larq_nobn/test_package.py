@@ -90,8 +90,8 @@ def test_all_is_complete_and_agc_alias():
 
 def test_import_loads_neither_the_zoo_nor_the_program():
     """`import larq_nobn` loads the library only: no module of the zoo, the program, or
-    their dependencies; not even TensorFlow, until a public name is used or TensorFlow is
-    imported, which registers every Keras class of the library (so a saved model loads)."""
+    their dependencies; not even TensorFlow, until a public name is used, which registers
+    every Keras class of the library."""
     code = (
         "import sys\n"
         "import larq_nobn\n"
@@ -105,10 +105,80 @@ def test_import_loads_neither_the_zoo_nor_the_program():
         "report()\n"
         "import tensorflow as tf\n"
         "report()\n"
+        "larq_nobn.conv2d\n"
+        "report()\n"
         "print('REGISTERED=' + str(tf.keras.saving.get_registered_object("
         "'larq_nobn>ScaledWSQuantConv2D') is larq_nobn.ScaledWSQuantConv2D))\n"
     )
     out = _stdout(code)
     assert "LOADED= TF=False" in out
-    assert "LOADED= TF=True" in out
+    assert out.count("LOADED= TF=True") == 2
     assert "REGISTERED=True" in out
+
+
+@pytest.mark.parametrize("fmt", ["model.keras", "model.h5"])
+def test_a_saved_model_loads_once_a_public_name_is_used(fmt, tmp_path):
+    """Each Keras class registers when its module loads; the first public name loads
+    them all (no import hook), and a saved model then loads without `custom_objects`."""
+    path = str(tmp_path / fmt)
+    _stdout(
+        "import larq_nobn, tensorflow as tf\n"
+        "inputs = tf.keras.Input((6, 6, 3))\n"
+        "x = larq_nobn.ScaledWSQuantConv2D(4, 3, kernel_quantizer='magnitude_aware_ste_sign')"
+        "(inputs)\n"
+        "model = tf.keras.Model(inputs, x)\n"
+        "model.compile(larq_nobn.AGC(larq_nobn.TorchAdam(1e-3)), 'mse')\n"
+        f"model.save({path!r})\n"
+    )
+    out = _stdout(
+        "import larq_nobn\n"
+        "import tensorflow as tf\n"
+        "larq_nobn.set_acceleration  # the switch imports no Keras class\n"
+        "print(tf.keras.saving.get_registered_object('larq_nobn>AdaptiveGradientClipping'))\n"
+        "larq_nobn.conv2d\n"
+        f"model = tf.keras.models.load_model({path!r})\n"
+        "print(type(model.layers[1]).__module__, type(model.optimizer).__name__)\n"
+    )
+    assert out.split() == ["None", "larq_nobn.layers", "AdaptiveGradientClipping"]
+
+
+# In a fresh process: the import system's finders and glibc's malloc as `import larq_nobn`
+# and the library's modules leave them. glibc's default serves a 64 MiB block with its own
+# mmap (above the largest mmap threshold, 32 MiB); `mallinfo2` (glibc >= 2.33) counts it.
+CLEAN_IMPORT = """
+import ctypes, ctypes.util, sys
+finders = list(sys.meta_path)
+import larq_nobn
+print("UNCHANGED", sys.meta_path == finders)
+import numpy as np
+import tensorflow as tf
+larq_nobn.conv2d  # every module of the library loaded
+print("OURS", [f for f in sys.meta_path if type(f).__module__.startswith("larq_nobn")])
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = MallInfo2
+before = libc.mallinfo2().hblkhd
+block = np.ones(2**23)
+print("MAPPED", libc.mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_import_leaves_the_import_system_and_malloc_as_they_were():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    result = subprocess.run(
+        [sys.executable, "-c", CLEAN_IMPORT],
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert lines["UNCHANGED"] == "True"
+    assert lines["OURS"] == "[]"
+    assert int(lines["MAPPED"]) >= 2**26  # glibc's defaults, not `reuse_freed_memory`'s

@@ -175,7 +175,7 @@ def test_mirrored_two_replicas_match_one_device():
 def test_fused_is_torchs_update_to_float32_rounding():
     """The fused kernel's update differs from torch's op order by rounding only."""
     params, grads = _problem(4, scale=1e-3)
-    unfused = _run(TorchAdam(1e-3, weight_decay=1e-2), params, grads)
+    unfused = _run(TorchAdam(1e-3, weight_decay=1e-2, fused=False), params, grads)
     fused = _run(TorchAdam(1e-3, weight_decay=1e-2, fused=True), params, grads)
     for k in params:
         update = np.abs(unfused[k] - params[k]).max()
@@ -184,10 +184,11 @@ def test_fused_is_torchs_update_to_float32_rounding():
     assert TorchAdam.from_config(TorchAdam(fused=True).get_config()).fused
 
 
-def test_jit_compile_matches():
+@pytest.mark.parametrize("fused", [False, True])
+def test_jit_compile_matches(fused):
     params, grads = _problem(3)
-    eager = _run(TorchAdam(1e-3, weight_decay=1e-3), params, grads)
-    jit = _run(TorchAdam(1e-3, weight_decay=1e-3, jit_compile=True), params, grads)
+    eager = _run(TorchAdam(1e-3, weight_decay=1e-3, fused=fused), params, grads)
+    jit = _run(TorchAdam(1e-3, weight_decay=1e-3, jit_compile=True, fused=fused), params, grads)
     for k in params:
         np.testing.assert_allclose(jit[k], eager[k], rtol=1e-6, atol=1e-9)
 

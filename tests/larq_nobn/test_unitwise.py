@@ -216,19 +216,37 @@ def test_the_statistics_backend_decides_which_ops_run(statistics, clip):
     assert ops.count("FusedBatchNormGradV3") == expected
 
 
-@pytest.mark.skipif(
-    not larq_nobn.unitwise.fused_batch_norm_statistics(2**30), reason="no oneDNN kernels here"
+@pytest.mark.parametrize(
+    "setting,dtype,fuses",
+    [
+        ("auto", "float32", True),  # no GPU here: cpu_light
+        ("cpu_light", "float32", True),
+        ("cpu", "float32", True),
+        ("cpu", "bfloat16", True),  # computed in float32
+        ("cpu", "float64", False),  # computed in float64, which the fused ops do not take
+        ("fused", "float32", False),
+        ("exact", "float32", False),
+    ],
 )
-def test_the_default_fuses_only_kernels_of_the_minimum_size_and_more():
+def test_the_setting_fuses_only_kernels_of_the_minimum_size_and_more(setting, dtype, fuses):
     """A trace, no run: 1x1x1024x1024 is the minimum, 3x3x256x455 just below it."""
-    for shape, expected in [((1, 1, 1024, 1024), 1), ((3, 3, 256, 455), 0)]:
-        assert (np.prod(shape) >= larq_nobn.unitwise.FUSED_MIN_SIZE) == bool(expected)
+    for shape, large in [((1, 1, 1024, 1024), True), ((3, 3, 256, 455), False)]:
+        assert (np.prod(shape) >= larq_nobn.unitwise.FUSED_MIN_SIZE) == large
         fn = tf.function(
             lambda w: tf.gradients(larq_nobn.unitwise.scaled_ws_kernel(w, tf.ones(w.shape[-1])), w)
         )
-        ops = _traced_ops(fn.get_concrete_function(tf.TensorSpec(shape)))
+        with larq_nobn.acceleration_scope(setting):
+            ops = _traced_ops(fn.get_concrete_function(tf.TensorSpec(shape, dtype)))
+        expected = int(large and fuses)
         assert ops.count("FusedBatchNormV3") == expected
         assert ops.count("FusedBatchNormGradV3") == expected
+
+
+def test_float64_kernels_are_standardized_in_float64():
+    w = np.random.default_rng(8).normal(1.0, 2.0, size=(3, 3, 4, 5))
+    out = standardize(tf.constant(w), 1e-5).numpy()
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, _np_standardize(w), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.usefixtures("statistics")
@@ -267,10 +285,10 @@ def test_fused_statistics_under_xla_equal_the_separate_ops(monkeypatch, clip):
         np.testing.assert_allclose(xla, separate, rtol=2e-5, atol=1e-6)
 
 
-def test_without_onednn_the_separate_ops_run_and_forced_fused_ops_agree():
-    """`TF_ENABLE_ONEDNN_OPTS=0` selects the separate ops; TensorFlow's own (Eigen)
-    batch-norm kernels, forced, give the same values: they read the saved mean and
-    variance as oneDNN's do."""
+def test_without_onednn_the_fused_ops_still_run_and_agree():
+    """`TF_ENABLE_ONEDNN_OPTS=0` does not change the decision (the kind of device does);
+    TensorFlow's own (Eigen) batch-norm kernels give the same values: they read the saved
+    mean and variance as oneDNN's do."""
     script = textwrap.dedent(
         """
         import numpy as np, tensorflow as tf
@@ -298,5 +316,5 @@ def test_without_onednn_the_separate_ops_run_and_forced_fused_ops_agree():
         text=True,
         check=True,
     ).stdout.split()
-    assert out[-2] == "False"
+    assert out[-2] == "True"
     assert float(out[-1]) < 1e-5

@@ -133,6 +133,17 @@ def test_mirrored_on_two_devices_matches_one_device(one_device_run, tmp_path, ca
     assert off <= 1e-6 * sum(w.size for w in single)
 
 
+def test_a_run_records_its_resolved_acceleration(one_device_run):
+    """config.json holds the setting that ran, never "auto": the default resolves to one
+    named setting (on these CPUs "cpu_light"), which a resumed run keeps."""
+    for name in ("config.json", "metrics.json"):
+        saved = json.load(open(os.path.join(one_device_run, name)))
+        recorded = (
+            saved["acceleration"] if name == "config.json" else saved["config"]["acceleration"]
+        )
+        assert recorded == "cpu_light", name
+
+
 # ----------------------------------------------------------------------------- 4. finished
 
 
@@ -347,23 +358,29 @@ def _run_state(model_dir) -> dict[str, bool]:
 
 
 @pytest.mark.slow(410)
-def test_sigkill_at_every_moment_then_rerun_ends_with_the_uninterrupted_weights(tmp_path):
+@pytest.mark.parametrize("setting", [None, "exact"], ids=["default", "exact"])
+def test_sigkill_at_every_moment_then_rerun_ends_with_the_uninterrupted_weights(tmp_path, setting):
     """One two-stage run killed with SIGKILL during start-up, during a checkpoint write,
     inside a stage-1 epoch, at the stage handoff and inside a stage-2 epoch, rerun after
     each kill, ends with the weights of an uninterrupted run, bit for bit, and each
-    stage's history holds every epoch once.
+    stage's history holds every epoch once: under the default acceleration and under
+    "exact". The last rerun leaves --acceleration out: it keeps the recorded setting.
 
     Each kill is the program's own, at that exact moment (see faulty_program.KILLS): no
     polling, no race with the run.
     """
     args = [*MODEL, "--dataset=digits", "--stages=1,2", "--train_subset=64", "--batch_size=16"]
     args += ["--epochs=2", "--deterministic", "--seed=3", "--verbose=0"]
-    whole = start_program([*args, f"--model_dir={tmp_path / 'whole'}"], tmp_path / "whole.log")
+    chosen = [f"--acceleration={setting}"] if setting else []
+    whole_args = [*args, *chosen, f"--model_dir={tmp_path / 'whole'}"]
+    whole = start_program(whole_args, tmp_path / "whole.log")
     killed = str(tmp_path / "killed")
     states = {}  # where each kill landed: the state of --model_dir it left
     for attempt, moment in enumerate(faulty_program.KILLS):
         log_path = tmp_path / f"attempt{attempt}.log"
-        victim = start_program([moment, *args, f"--model_dir={killed}"], log_path, FAULTY_PROGRAM)
+        victim = start_program(
+            [moment, *args, *chosen, f"--model_dir={killed}"], log_path, FAULTY_PROGRAM
+        )
         log = finish(victim, log_path)
         assert victim.returncode == -signal.SIGKILL, f"{moment}: not killed\n{log}"
         states[moment] = _run_state(killed)
@@ -389,6 +406,9 @@ def test_sigkill_at_every_moment_then_rerun_ends_with_the_uninterrupted_weights(
     log = finish(final, tmp_path / "final.log")
     assert final.returncode == 0, log
     assert "Resuming stage 2 after epoch 1 " in log, log
+    recorded = setting or "cpu_light"  # the default on CPUs, resolved and kept
+    assert re.search(rf"\n  acceleration +{recorded}\n", log), log
+    assert json.load(open(os.path.join(killed, "config.json")))["acceleration"] == recorded
     whole_log = finish(whole, tmp_path / "whole.log")
     assert whole.returncode == 0, whole_log
     assert digest_line(log) == digest_line(whole_log)

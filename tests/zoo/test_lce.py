@@ -149,15 +149,15 @@ def test_exported_graph_does_not_depend_on_the_gradients():
     )
     images = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype("float32")
     flatbuffers = {}
-    for mode in ("forward", "tensorflow"):
-        with larq_nobn.conv_gradients(mode):
-            flatbuffers[mode] = export.convert(model)
-    counts = export.op_counts(flatbuffers["forward"])
-    assert counts == export.op_counts(flatbuffers["tensorflow"])
+    for setting in ("cpu", "exact"):
+        with larq_nobn.acceleration_scope(setting):
+            flatbuffers[setting] = export.convert(model)
+    counts = export.op_counts(flatbuffers["cpu"])
+    assert counts == export.op_counts(flatbuffers["exact"])
     assert counts["LceBconv2d"] == 16 and "IDENTITY" not in counts
     np.testing.assert_array_equal(
-        export.predict(flatbuffers["forward"], images),
-        export.predict(flatbuffers["tensorflow"], images),
+        export.predict(flatbuffers["cpu"], images),
+        export.predict(flatbuffers["exact"], images),
     )
 
 

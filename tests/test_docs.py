@@ -33,11 +33,16 @@ def public_definitions(path: Path) -> set[str]:
     }
 
 
+def public_paths() -> set[str]:
+    """`larq_nobn.NAME` for every public name, as `larq_nobn.MODULE.NAME` of its module."""
+    module = {**dict.fromkeys(larq_nobn._SWITCH, "acceleration"), **larq_nobn._LAZY}
+    return {f"larq_nobn.{module[name]}.{name}" for name in larq_nobn.__all__}
+
+
 def test_the_library_page_documents_every_public_name_from_its_module():
     """`larq_nobn.__all__`, name for name, each from the module it is imported from."""
     documented = sorted(directives("larq_nobn.md"))
-    module = {**dict.fromkeys(larq_nobn._SWITCH, "acceleration"), **larq_nobn._LAZY}
-    expected = sorted(f"larq_nobn.{module[name]}.{name}" for name in larq_nobn.__all__)
+    expected = sorted(public_paths())
     assert documented == expected
 
 
@@ -89,7 +94,7 @@ def test_the_site_builds_strictly_with_an_entry_per_public_name(site):
             re.findall(r'id="(larq_nobn\.[\w.]+)"', (site / page / "index.html").read_text())
         )
 
-    library = {f"larq_nobn.{larq_nobn._LAZY[name]}.{name}" for name in larq_nobn.__all__}
+    library = public_paths()
     assert library <= anchors("api/larq_nobn")
     assert {a.rsplit(".", 1)[1] for a in anchors("api/zoo")} >= set(zoo.__all__)
     for page, module, path in [

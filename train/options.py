@@ -392,6 +392,7 @@ OPTIONS: tuple[Option, ...] = (
         f"${acceleration.VARIABLE} if set, else fused with a GPU and cpu_light without. "
         "config.json records the resolved one; a resumed run keeps it",
         one_of(lambda: acceleration.CHOICES),
+        group="distribution",
     ),
     Option(
         "verbose",

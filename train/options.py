@@ -235,6 +235,23 @@ OPTIONS: tuple[Option, ...] = (
         "Keras progress: 0 silent, 1 bar, 2 a line per epoch",
         resume=False,
     ),
+    Option(
+        "checkpoint_every_steps",
+        int,
+        None,
+        "also checkpoint every N steps inside an epoch (default: at the end of each epoch, "
+        "and when a SIGTERM or SIGINT stops the run)",
+        positive_or_none,
+        resume=False,
+    ),
+    Option(
+        "traceback",
+        bool,
+        False,
+        "print an error's traceback before its one line (for debugging; or set "
+        "LARQ_NOBN_TRACEBACK=1)",
+        resume=False,
+    ),
 )
 BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
 

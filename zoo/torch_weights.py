@@ -47,6 +47,10 @@ class TorchWeightsError(ValueError):
     """A PyTorch checkpoint that does not fit the model: one line saying which tensor."""
 
 
+class TorchFileError(TorchWeightsError):
+    """A file torch cannot read as a checkpoint (truncated, garbled, not PyTorch's)."""
+
+
 def is_torch_file(path) -> bool:
     """Whether `path` names a PyTorch checkpoint (`.pth`, `.pth.tar` or `.pt`)."""
     if not isinstance(path, (str, os.PathLike)):
@@ -80,10 +84,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         ImportError: torch is not installed.
+        TorchFileError: torch cannot read the file (truncated, or not a checkpoint).
         TorchWeightsError: the file holds no state dict.
     """
     torch = _torch()
-    checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except OSError:
+        raise  # a missing or unreadable file says so itself
+    except Exception as error:  # torch's errors for bad bytes have no common class
+        raise TorchFileError(
+            f"{path} is not a readable PyTorch checkpoint ({_load_failure(error)})"
+        ) from None
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping) or not all(
@@ -99,6 +111,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if not _IGNORED.search(name):
             state[name] = tensor.detach().to(torch.float32).numpy()
     return state
+
+
+def _load_failure(error: Exception) -> str:
+    """What `torch.load` found wrong with a file, in a few words: the unpickler's own
+    complaint (under torch's advice about `weights_only`), or the error's first sentence."""
+    text, marker = str(error), "WeightsUnpickler error:"
+    if marker in text:
+        rest = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        return f"unpickling: {rest[0][:120]}" if rest else "unpickling failed"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__).split(". ")[0].rstrip(".")[:160]
 
 
 def backbone_of(model: tf.keras.Model) -> str:

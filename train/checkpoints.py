@@ -176,15 +176,19 @@ class Checkpoints:
                 restored = candidate
                 names.append(candidate)
                 break
-            bad.append(f"{candidate} ({problem})")
+            bad.append((candidate, problem))
             if move_bad:
                 for path in self._files(source, candidate):
                     files.move_aside(path, aside)
         if bad:
+            (first, problem), others = bad[0], bad[1:]
+            what = f"{os.path.join(source, first)} is unreadable ({problem})"
+            if others:
+                listed = ", ".join(f"{n} ({p})" for n, p in others)
+                what = f"{os.path.join(source, first)} ({problem}) and {listed} are unreadable"
             moved = f", moved to {aside}/" if move_bad else ""
-            verb = "is" if len(bad) == 1 else "are"
             then = f"resuming from {restored}" if restored else "the stage starts over"
-            notes.append(f"{', '.join(bad)} in {source} {verb} unreadable{moved}; {then}")
+            notes.append(f"{what}{moved}; {then}")
         if move_bad:
             for leftover in os.listdir(source) if os.path.isdir(source) else ():
                 if leftover.endswith("_temp"):  # shards of an interrupted save

@@ -94,7 +94,9 @@ def reconcile_history(path: str, rows: list[dict], source: str) -> None:
             return
     except ValueError as error:
         moved = files.move_aside(path)
-        epochs = f"epochs 1-{len(rows)}" if rows else "its header (no epoch is done)"
+        epochs = {0: "its header (no epoch is done)", 1: "epoch 1"}.get(
+            len(rows), f"epochs 1-{len(rows)}"
+        )
         files.warn(
             f"{path} is unreadable ({error}), moved to {moved}; rebuilt {epochs} from {source}"
         )

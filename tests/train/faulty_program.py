@@ -13,10 +13,11 @@ import os
 import signal
 import sys
 
+from larq_nobn import quiet
 from larq_nobn.train import main  # Keras 2 before TensorFlow
 
-# isort: split
-import tensorflow as tf
+with quiet.tensorflow_noise_filtered():  # as the program imports it: stderr as its own
+    import tensorflow as tf
 
 
 def die() -> None:

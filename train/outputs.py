@@ -246,9 +246,8 @@ class TrainingState(tf.keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         signum = self.agree(preemption.requested() or 0)
         if signum:  # noted outside `fit` by a worker of a multi-worker run
-            latest = self.latest_checkpoint or "none yet"
             raise preemption.Stopped(
-                preemption.requested(), f"before training (newest checkpoint: {latest})"
+                preemption.requested(), f"before training (checkpoint {self._run_checkpoint()})"
             )
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -273,7 +272,7 @@ class TrainingState(tf.keras.callbacks.Callback):
         if stop:
             where = f"after step {self._steps} of {steps} of epoch {self._epoch + 1}"
             raise preemption.Stopped(
-                preemption.requested(), f"{where} (checkpoint {self.latest_checkpoint})"
+                preemption.requested(), f"{where} (checkpoint {self._run_checkpoint()})"
             )
 
     def on_epoch_end(self, epoch, logs=None):
@@ -290,7 +289,7 @@ class TrainingState(tf.keras.callbacks.Callback):
         if self.agree(preemption.requested() or 0):
             raise preemption.Stopped(
                 preemption.requested(),
-                f"after epoch {epoch + 1} (checkpoint {self.latest_checkpoint})",
+                f"after epoch {epoch + 1} (checkpoint {self._run_checkpoint()})",
             )
 
     # ------------------------------------------------------------------------- saving
@@ -333,6 +332,13 @@ class TrainingState(tf.keras.callbacks.Callback):
             raise error or files.TrainingError(
                 "another worker could not write its checkpoint (no space left on device)"
             )
+
+    def _run_checkpoint(self) -> str:
+        """The newest checkpoint in the run's directory (a non-chief's are in scratch)."""
+        if self.latest_checkpoint is None:
+            return self.restored or "none yet"
+        name = os.path.basename(self.latest_checkpoint)
+        return os.path.join(self.restore_from, "checkpoints", name)
 
     def _write_history(self, rows: list[dict]) -> None:
         write_history(self.history_path, rows)

@@ -346,14 +346,23 @@ class TrainingState(tf.keras.callbacks.Callback):
     def _add_sums(self, logs) -> None:
         """Adds the resumed epoch's metric sums to the first step's (see the class)."""
         sums, self._sums = self._sums, None
-        updated = {}
+        pairs, metrics = [], []
         for metric in self.model.metrics:
             saved = sums.get(metric.name)
             if not _is_additive(metric) or saved is None or len(saved) != len(metric.variables):
                 continue
-            for variable, value in zip(metric.variables, saved, strict=True):
-                variable.assign_add(tf.cast(value, variable.dtype))
-            updated[metric.name] = metric.result()
+            pairs += zip(metric.variables, saved, strict=True)
+            metrics.append(metric)
+
+        def add():
+            # Metric variables are summed over the replicas when read: the sums go to one.
+            first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+            for variable, value in pairs:
+                value = tf.cast(value, variable.dtype)
+                variable.assign_add(tf.where(first, value, tf.zeros_like(value)))
+
+        self.model.distribute_strategy.run(add)
+        updated = {metric.name: metric.result() for metric in metrics}
         if logs is not None:
             logs.update(updated)  # the logs Keras goes on with, where it shares them
         if self._steps == self.steps_per_epoch:  # the epoch's logs are this step's

@@ -46,6 +46,7 @@ class Stopped(Exception):
 
 
 class _State:
+    active = False  # inside `handled`
     requested: int | None = None  # the signal received, if any
     act_at_once = True  # outside `deferred` (one-worker runs only)
     deferring = False
@@ -72,19 +73,28 @@ def handled(act_at_once: bool = True):
         return
     previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
     _state.requested, _state.act_at_once, _state.deferring = None, act_at_once, False
-    for signum in SIGNALS:
-        signal.signal(signum, _handle)
+    _state.active = True
+    _install()
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _state.requested, _state.deferring = None, False
+        _state.active, _state.requested, _state.deferring = False, None, False
+
+
+def _install() -> None:
+    for signum in SIGNALS:
+        signal.signal(signum, _handle)
 
 
 @contextlib.contextmanager
 def deferred():
     """Signals wait for the end of the current step (`outputs.TrainingState`)."""
+    # TensorFlow's coordination service (multi-worker runs) sets a SIGTERM handler of its
+    # own when it starts, in C++: the program's are set again before every fit.
+    if _state.active and _state.requested is None:
+        _install()
     _state.deferring = True
     try:
         yield

@@ -38,6 +38,7 @@ class RunDirectory:
         self.model_dir = model_dir
         self.strategy = strategy
         self.chief = is_chief(strategy)
+        self._sum = None  # `agree`'s all-reduce, traced once
 
     def path(self, name: str) -> str:
         return os.path.join(self.model_dir, name)
@@ -82,12 +83,16 @@ class RunDirectory:
         the same point: it is collective); `value` itself in a one-worker run."""
         if not self.multi_worker:
             return value
-        strategy = self.strategy
-        local = tf.constant(float(value), tf.float64)
-        total = strategy.reduce(
-            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(local)), axis=None
-        )
-        return int(total.numpy())
+        if self._sum is None:  # in a tf.function: run eagerly, every call warns and is slow
+            strategy = self.strategy
+
+            @tf.function
+            def total(local):
+                per_replica = strategy.run(tf.identity, args=(local,))
+                return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+            self._sum = total
+        return int(self._sum(tf.constant(float(value), tf.float64)).numpy())
 
     def check_workers_agree(self, epochs_done: int, steps_done: int = 0) -> None:
         """Raises TrainingError unless every worker restored the same epoch and step.

@@ -58,11 +58,21 @@ class Checkpoints:
         keep: how many are kept: the newest, and older ones to fall back on.
         size: the bytes a checkpoint takes, when none is on disk yet (for a full disk's
             message); None if unknown.
+        older: (an object of `checkpoint` that the checkpoints of an earlier layout lack,
+            what they hold instead), or None.
     """
 
-    def __init__(self, directory: str, checkpoint: tf.train.Checkpoint, keep: int = 2, size=None):
+    def __init__(
+        self,
+        directory: str,
+        checkpoint: tf.train.Checkpoint,
+        keep: int = 2,
+        size=None,
+        older: tuple[str, tf.train.Checkpoint] | None = None,
+    ):
         self.directory = directory
         self.checkpoint = checkpoint
+        self.older = older
         # `restore` creates this counter, so every checkpoint holds one (`write` leaves it).
         checkpoint.save_counter  # noqa: B018
         self.keep = keep
@@ -207,8 +217,13 @@ class Checkpoints:
         return os.path.join(source, restored)
 
     def _restore(self, prefix: str) -> None:
+        checkpoint = self.checkpoint
+        if self.older is not None:
+            new, older = self.older
+            if not any(name.startswith(f"{new}/") for name, _ in tf.train.list_variables(prefix)):
+                checkpoint = older
         try:
-            self.checkpoint.restore(prefix).assert_existing_objects_matched()
+            checkpoint.restore(prefix).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             raise ConfigError(
                 f"{prefix} does not fit this run's model ({files.reason(error)}): rerun "

@@ -105,7 +105,7 @@ def system_error(error: Exception) -> str | None:
         what = f"for {where}" if where else f"({files.reason(error)})"
         return (
             f"no space left on device {what}{space}: free space and rerun the same command "
-            "to continue from the newest checkpoint"
+            "to continue"
         )
     if isinstance(error, OSError) and error.filename:
         return f"{error.filename}: {error.strerror or files.reason(error)}"

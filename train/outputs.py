@@ -217,15 +217,23 @@ class TrainingState(tf.keras.callbacks.Callback):
             checkpoint,
             self.max_to_keep,
             size=lambda: _bytes(model.variables) + _bytes(model.optimizer.variables),
+            # Checkpoints written before they held `step` and `record` (and history.csv
+            # was written first): model, optimizer and epochs.
+            older=(
+                "record",
+                tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch),
+            ),
         )
         self.restored = self._manager.restore(
             os.path.join(self.restore_from, "checkpoints"), move_bad=self.write
         )
         record = json.loads(self.record.numpy().decode())
-        self.rows = record.get("history", [])
         self._sums = record.get("sums")
         done, self.resumed_steps = int(self.epoch.numpy()), int(self.step.numpy())
         self._resumed_epoch = done if self.resumed_steps else None
+        if self.restored and "history" not in record:  # a checkpoint of the older layout
+            record["history"] = _older_history(self.restore_from, done)
+        self.rows = record.get("history", [])
         if self.write:
             source = self.restored or "nothing (no readable checkpoint)"
             reconcile_history(self.history_path, self.rows, source)
@@ -367,6 +375,19 @@ class TrainingState(tf.keras.callbacks.Callback):
             logs.update(updated)  # the logs Keras goes on with, where it shares them
         if self._steps == self.steps_per_epoch:  # the epoch's logs are this step's
             self._last_step_logs = {k: float(v) for k, v in updated.items()}
+
+
+def _older_history(restore_from: str, done: int) -> list[dict]:
+    """The rows of a checkpoint of the older layout, which history.csv held (cut to the
+    checkpoint's epochs); raises TrainingError if it is unreadable."""
+    path = os.path.join(restore_from, "history.csv")
+    try:
+        return read_history(path)[:done]
+    except ValueError as error:
+        raise files.TrainingError(
+            f"{path} is unreadable ({error}), and the checkpoint, of an earlier version, does "
+            "not hold its rows: restore it or remove it (the earlier epochs' rows are lost)"
+        ) from None
 
 
 def _bytes(variables) -> int:

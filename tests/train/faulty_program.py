@@ -57,9 +57,9 @@ class KillInEpoch(tf.keras.callbacks.Callback):
 
 
 class AtStep(tf.keras.callbacks.Callback):
-    """Calls `action()` at the end of step `step` of epoch `epoch` (both 1-based, the
-    steps counted from the epoch's start: a run resumed inside the epoch counts the steps
-    it skipped), or at the epoch's end (`step=None`, before the program checkpoints it)."""
+    """Calls `action()` at the end of step `step` of epoch `epoch` (both 1-based; the steps
+    this process ran of the epoch), or at the epoch's end (`step=None`, before the program
+    checkpoints it)."""
 
     def __init__(self, action, epoch: int, step: int | None = None):
         super().__init__()

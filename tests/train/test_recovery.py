@@ -13,6 +13,7 @@ The runs are one stage of ReActNet-18 (CIFAR stem) on 64 digits of 8x8 pixels, b
 """
 
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -164,7 +165,7 @@ def reference_runs(tmp_path_factory):
 # ----------------------------------------------------------------------------- preemption
 
 
-@pytest.mark.slow(150)
+@pytest.mark.slow(110)
 def test_sigterm_mid_epoch_then_rerun_ends_as_the_uninterrupted_run(
     reference_runs, tmp_path, capsys
 ):
@@ -196,7 +197,7 @@ def test_sigterm_mid_epoch_then_rerun_ends_as_the_uninterrupted_run(
     )
 
 
-@pytest.mark.slow(150)
+@pytest.mark.slow(60)
 def test_sigkill_between_two_step_checkpoints_then_rerun_ends_as_the_uninterrupted_run(
     reference_runs, tmp_path, capsys
 ):
@@ -242,7 +243,7 @@ def test_the_batches_after_a_resume_inside_an_epoch_are_the_uninterrupted_ones()
 # ----------------------------------------------------------------------------- bad files
 
 
-@pytest.mark.slow(90)
+@pytest.mark.slow(35)
 def test_a_truncated_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_before(
     reference_runs, tmp_path, capsys
 ):
@@ -291,7 +292,7 @@ def test_a_truncated_newest_checkpoint_is_moved_aside_and_the_run_resumes_from_t
     ]
 
 
-@pytest.mark.slow(90)
+@pytest.mark.slow(30)
 def test_a_garbled_history_is_moved_aside_and_rebuilt_from_the_checkpoint(
     reference_runs, tmp_path, capsys
 ):
@@ -456,7 +457,7 @@ def test_an_unwritable_model_dir_is_one_line(tmp_path, where):
         )
 
 
-@pytest.mark.slow(120)
+@pytest.mark.slow(55)
 def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_the_rerun_continues(
     reference_runs, tmp_path, capsys, monkeypatch
 ):
@@ -505,6 +506,42 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_the_rerun_contin
     assert f"Resuming stage 1 after epoch 1 from {latest}\n" in out
     assert digest_line(out) == uninterrupted["digest"]
     assert read_history(os.path.dirname(checkpoints_dir)) == uninterrupted["history"]
+
+
+def test_a_full_disk_at_the_start_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    """config.json, the first file a run writes, on a full disk: the write fails half-way
+    (its temporary file goes), one line names the file, exit 1."""
+    model_dir = tmp_path / "run"
+    target = str(model_dir / "config.json.tmp")
+
+    def open_on_a_full_disk(path, *args, **kwargs):
+        f = open(path, *args, **kwargs)
+        if path == target:
+            f.write("{")
+            f.close()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return f
+
+    monkeypatch.setattr(files, "open", open_on_a_full_disk, raising=False)
+    code, _, err = in_process(capsys, *RUN, f"--model_dir={model_dir}")
+
+    assert code == 1
+    line = one_line(err, "error: ")
+    assert line.startswith(f"error: no space left on device for {target} (")
+    assert line.endswith(" MB free): free space and rerun the same command to continue")
+    assert os.listdir(model_dir) == []
+
+
+def test_traceback_shows_the_error_s_traceback_before_its_line(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{")
+    for flag in ([], ["--traceback"]):
+        code, _, err = in_process(capsys, *RUN, *flag, f"--model_dir={model_dir}")
+        assert code == 2
+        assert err[-1].startswith(f"error: {model_dir}/config.json is unreadable (")
+        assert (err[0] == "Traceback (most recent call last):") == bool(flag), err
+        assert len(err) > 2 if flag else len(err) == 1
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -619,7 +656,7 @@ def start_workers(tmp_path, commands: list[tuple[str, list[str]]], tag: str) -> 
     return workers
 
 
-@pytest.mark.slow(420)
+@pytest.mark.slow(240)
 def test_a_sigterm_to_one_worker_stops_every_worker_after_the_same_step(tmp_path):
     """Two workers; the second gets a SIGTERM in step 2 of epoch 2. Both stop after that
     step, with ckpt-1-2 written (the chief's), each with one line (exit 143); rerun, both
@@ -669,3 +706,31 @@ def test_a_sigterm_to_one_worker_stops_every_worker_after_the_same_step(tmp_path
         assert a.keys() == b.keys()
         for key in a:
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6), key
+
+
+def test_a_checkpoint_of_the_earlier_layout_resumes_with_its_history(tmp_path):
+    """Checkpoints of model, optimizer and epoch alone, written after history.csv by a
+    `tf.train.CheckpointManager` (the layout before checkpoints held steps and history),
+    resume: weights, epochs, and history.csv's rows cut to the checkpoint's epochs."""
+    tf.keras.utils.set_random_seed(1)
+    model = tf.keras.Sequential([tf.keras.layers.Dense(3, input_shape=(2,))])
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.1), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    model.fit(np.ones((4, 2)), np.zeros((4, 3)), verbose=0)
+    epoch = tf.Variable(1, dtype=tf.int64, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
+    tf.train.CheckpointManager(checkpoint, str(tmp_path / "checkpoints"), 1).save(1)
+    # A kill between the two writes of epoch 2's end: its row, and no checkpoint.
+    (tmp_path / "history.csv").write_text("epoch,loss\n1,1.0\n2,0.5\n")
+    saved = model.get_weights()
+
+    model, state, done = _tiny_state(tmp_path, seed=2)
+
+    assert done == 1 and state.resumed_steps == 0
+    for a, b in zip(model.get_weights(), saved, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert state.history() == [{"epoch": 1, "loss": 1.0}]
+    assert read_history(str(tmp_path)) == [{"epoch": "1", "loss": "1.0"}]
+    state.on_epoch_end(1, {"loss": 0.25})  # then checkpoints of this layout
+    _, state, done = _tiny_state(tmp_path, seed=3)
+    assert done == 2 and state.history()[-1] == {"epoch": 2, "loss": 0.25}

@@ -22,7 +22,7 @@ tf.config.set_logical_device_configuration(
 
 # Module fixtures that cost a training run: their tests share one pytest-xdist worker (an
 # `xdist_group`), which computes the fixture once.
-SHARED_RUNS = ("trained", "one_device_run")
+SHARED_RUNS = ("trained", "one_device_run", "reference_runs")
 
 
 def pytest_configure(config):

@@ -7,11 +7,10 @@ value. Nothing here imports TensorFlow.
 
 import dataclasses
 import importlib.util
-import json
 import os
 
 from larq_nobn import acceleration, zoo
-from larq_nobn.train import catalog, options
+from larq_nobn.train import catalog, files, options
 from larq_nobn.train import hyperparameters as hp
 from larq_nobn.train.options import (  # noqa: F401  (config.X, as before)
     IMAGENET,
@@ -136,18 +135,28 @@ class _Resolution:
     def check_files(self) -> None:
         """The checks that read files but need no TensorFlow; raises ConfigError.
 
-        --export_tflite needs larq-compute-engine; --model_dir must not hold a finished run,
-        nor an unfinished one of other flags (`options.changed`).
+        --export_tflite needs larq-compute-engine; --model_dir must be a directory this
+        process can write in (or make), and hold neither a finished run nor an unfinished
+        one of other flags (`options.changed`); its JSON files must be readable.
         """
         if self.export_tflite and importlib.util.find_spec("larq_compute_engine") is None:
             raise ConfigError("--export_tflite needs larq-compute-engine: pip install -e '.[lce]'")
-        finished = _read_json(os.path.join(self.model_dir, "metrics.json"))
+        files.check_writable_directory(self.model_dir, "--model_dir")
+        finished = files.read_json(
+            os.path.join(self.model_dir, "metrics.json"),
+            f"it says that the run in {self.model_dir} finished: restore it, or choose "
+            "another --model_dir",
+        )
         if finished is not None:
             raise ConfigError(
                 f"{self.model_dir} already holds a finished run (test_accuracy "
                 f"{finished.get('test_accuracy')}); choose another --model_dir"
             )
-        saved = _read_json(os.path.join(self.model_dir, "config.json"))
+        saved = files.read_json(
+            os.path.join(self.model_dir, "config.json"),
+            f"it holds the flags of the unfinished run in {self.model_dir}: restore it, or "
+            "remove it to resume that run with this command's flags",
+        )
         changed = [] if saved is None else options.changed(saved, self.keeping_recorded())
         if changed:
             raise ConfigError(
@@ -164,7 +173,12 @@ class _Resolution:
         if self.acceleration != acceleration.AUTO:
             return self
         path = os.path.join(self.model_dir, "config.json")
-        recorded = (_read_json(path) or {}).get("acceleration", acceleration.AUTO)
+        saved = files.read_json(
+            path,
+            f"it holds the flags of the unfinished run in {self.model_dir}: restore it, or "
+            "remove it to resume that run with this command's flags",
+        )
+        recorded = (saved or {}).get("acceleration", acceleration.AUTO)
         problem = options.BY_NAME["acceleration"].problem(recorded)
         if problem:
             raise ConfigError(f"{path}: {problem}")
@@ -204,13 +218,6 @@ Config = dataclasses.make_dataclass(
     "Config", options.dataclass_fields(), bases=(_Resolution,), frozen=True
 )
 Config.__module__ = __name__
-
-
-def _read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def _checkpoint_exists(path: str) -> bool:

@@ -23,7 +23,7 @@ class Feed:
         _, self.test_ds, self.info = self.load(stream=0, first_epoch=0)
         self.steps_per_epoch = self.info.train_examples // config.batch_size
 
-    def load(self, stream: int, first_epoch: int, epochs: int = 1):
+    def load(self, stream: int, first_epoch: int, epochs: int = 1, first_step: int = 0):
         """`data.load` for this run: (train, test, info), auto-sharded by data."""
         config = self.config
         training = config.training_recipe
@@ -39,6 +39,7 @@ class Feed:
             epochs=epochs,
             normalization=training.cifar_normalization,
             padding_mode=training.cifar_padding,
+            first_step=first_step,
         )
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
@@ -46,12 +47,16 @@ class Feed:
         )
         return train_ds.with_options(options), test_ds.with_options(options), info
 
-    def train_data(self, stage: int, first_epoch: int) -> tf.data.Dataset:
-        """The batches of `stage`'s epochs from `first_epoch` (0-based) to the last.
+    def train_data(
+        self, stage: int, first_epoch: int, first_step: int = 0, epochs: int | None = None
+    ) -> tf.data.Dataset:
+        """The batches of `stage`'s epochs from `first_epoch` (0-based) on, without the
+        first `first_step` batches of that epoch; `epochs` epochs (default: to the last).
 
         Each epoch's batches depend on the seed, the stage and the epoch only (see
-        `data.load`), so a resumed stage, a stage run after a skipped one and a restarted
-        worker see the batches of an uninterrupted run.
+        `data.load`), so a resumed stage (at an epoch's start or inside one), a stage run
+        after a skipped one and a restarted worker see the batches of an uninterrupted run.
         """
-        train_ds, _, _ = self.load(stage, first_epoch, self.config.epochs - first_epoch)
+        epochs = self.config.epochs - first_epoch if epochs is None else epochs
+        train_ds, _, _ = self.load(stage, first_epoch, epochs, first_step)
         return train_ds

@@ -12,6 +12,7 @@ See the README for the paper's full commands.
 import contextlib
 import os
 import sys
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,10 +22,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Keras 2 (TF_USE_LEGACY_KERAS) before anything imports TensorFlow.
 from absl import app, flags  # noqa: E402
 
-from larq_nobn.train import options, process  # noqa: E402
+from larq_nobn.train import files, options, preemption, process  # noqa: E402
 from larq_nobn.train.config import Config, ConfigError  # noqa: E402
 
 COMMAND = "larq-nobn-train"
+# Set (to anything but 0), errors show their traceback too, as with --traceback.
+TRACEBACK_VARIABLE = "LARQ_NOBN_TRACEBACK"
+
 FLAGS = flags.FLAGS
 options.define_flags(FLAGS)
 flags.adopt_module_key_flags(options)  # absl's help lists them as this program's
@@ -44,7 +48,14 @@ def main(argv: list[str], **run_options) -> int:
         config.check_files()
     except ConfigError as error:
         return fail(str(error))
-    return train(config, **run_options)
+    # From here a SIGTERM or SIGINT stops the run with a line saying how to resume (see
+    # `preemption`); the workers of a multi-worker run stop together, after a step.
+    with preemption.handled(act_at_once=config.strategy != "multi_worker"):
+        try:
+            return train(config, **run_options)
+        except preemption.Stopped as stop:
+            print(stop, file=sys.stderr, flush=True)
+            return stop.exit_code
 
 
 def train(config: Config, **run_options) -> int:
@@ -74,7 +85,29 @@ def train(config: Config, **run_options) -> int:
         return fail(str(error))
     except TrainingError as error:
         return fail(str(error), code=1)
+    except (OSError, tf.errors.OpError) as error:
+        message = system_error(error)
+        if message is None:
+            raise
+        return fail(message, code=1)
     return 0
+
+
+def system_error(error: Exception) -> str | None:
+    """The one line of a failed read or write of the system's making (a full disk, a
+    permission, a read-only file system), or None for an error of another kind."""
+    if files.is_disk_full(error):
+        where = getattr(error, "filename", None)
+        free = files.free_bytes(where) if where else None
+        space = f" ({files.megabytes(free)} free)" if free is not None else ""
+        what = f"for {where}" if where else f"({files.reason(error)})"
+        return (
+            f"no space left on device {what}{space}: free space and rerun the same command "
+            "to continue"
+        )
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.filename}: {error.strerror or files.reason(error)}"
+    return None
 
 
 def make_deterministic() -> None:
@@ -91,8 +124,18 @@ def make_deterministic() -> None:
 
 
 def fail(message: str, code: int = 2) -> int:
+    """Prints the one `error:` line (after the traceback of the error being handled, with
+    --traceback or LARQ_NOBN_TRACEBACK); returns the exit code."""
+    if show_traceback() and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def show_traceback() -> bool:
+    if os.environ.get(TRACEBACK_VARIABLE, "0") not in ("", "0"):
+        return True
+    return FLAGS.is_parsed() and bool(FLAGS["traceback"].value)
 
 
 def run(**run_options) -> None:

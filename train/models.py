@@ -45,6 +45,8 @@ def read_weights(donor: tf.keras.Model, path: str, what: str) -> list:
         if [w.shape for w in weights] != [w.shape for w in donor.weights]:
             raise ValueError("its weights have other shapes")
         return weights
+    except torch_weights.TorchFileError as error:
+        raise ConfigError(f"{what} {error}") from None
     except (ValueError, AssertionError, tf.errors.OpError, OSError, ImportError) as error:
         reason = str(error).strip().splitlines()[0][:300]
         raise ConfigError(f"{what} {path} does not fit --model {donor.name}: {reason}") from None

@@ -402,6 +402,25 @@ OPTIONS: tuple[Option, ...] = (
         resume=False,
         group="outputs",
     ),
+    Option(
+        "checkpoint_every_steps",
+        int,
+        None,
+        "also checkpoint every N steps inside an epoch (default: at the end of each epoch, "
+        "and when a SIGTERM or SIGINT stops the run)",
+        positive_or_none,
+        resume=False,
+        group="outputs",
+    ),
+    Option(
+        "traceback",
+        bool,
+        False,
+        "print an error's traceback before its one line (for debugging; or set "
+        "LARQ_NOBN_TRACEBACK=1)",
+        resume=False,
+        group="outputs",
+    ),
 )
 BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import tensorflow as tf
 
 from larq_nobn import acceleration
-from larq_nobn.train import options, outputs, teachers
+from larq_nobn.train import files, options, outputs, teachers
 from larq_nobn.train.config import IMAGENET, Config, ConfigError
 from larq_nobn.train.feed import Feed
 from larq_nobn.train.models import Models
@@ -150,7 +150,7 @@ class Run:
         print(f"  {'replicas':16} {self.strategy.num_replicas_in_sync}")
         if self.chief:
             os.makedirs(config.model_dir, exist_ok=True)
-            outputs.write_json(os.path.join(config.model_dir, "config.json"), self.config_json())
+            files.write_json(os.path.join(config.model_dir, "config.json"), self.config_json())
         results, histories, student = {}, {}, None
         for stage in config.stages:
             results[stage], histories[stage], student = self.run_stage(stage, student)
@@ -173,7 +173,7 @@ class Run:
             outputs.plot_curves(histories, os.path.join(config.model_dir, "curves.png"))
             if config.export_tflite:
                 outputs.export_tflite(student, os.path.join(config.model_dir, "model.tflite"))
-            outputs.write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
+            files.write_json(os.path.join(config.model_dir, "metrics.json"), metrics)
             print(f"\ntest_accuracy {final['test_accuracy']:.4f}")
             print(f"Everything is in {config.model_dir}:")
             for name in ("metrics.json", "config.json", "curves.png", "model.keras"):

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import larq as lq
 import tensorflow as tf
 
-from larq_nobn.train import outputs
+from larq_nobn.train import outputs, preemption
 from larq_nobn.train.config import Config
 from larq_nobn.train.feed import Feed
 from larq_nobn.train.models import Models, read_weights
@@ -17,12 +17,13 @@ from larq_nobn.train.rundir import RunDirectory, TrainingError
 def read_finished(stage: int, done: dict, models: Models, directory: RunDirectory):
     """(metrics, history, student) of a stage that finished earlier (`done`, its metrics)."""
     stage_dir = directory.stage_dir(stage)
-    state = outputs.TrainingState(stage_dir, write=False)
+    history = outputs.finished_history(stage_dir, done, write=directory.chief)
+    done = {k: v for k, v in done.items() if k != "history"}
     student = models.student(stage)
     path = os.path.join(stage_dir, "model.keras")
-    student.set_weights(read_weights(student, path, "stage"))
+    student.set_weights(read_weights(student, path, f"the finished stage {stage}'s model"))
     print(f"\nStage {stage} finished earlier: test_accuracy {done['test_accuracy']:.4f}")
-    return done, state.history(), student
+    return done, history, student
 
 
 class Stage:
@@ -62,11 +63,15 @@ class Stage:
         stage = self.stage
         model, student = self.models.build(stage)
         self._announce(student)
-        state = self.directory.training_state(stage)
-        initial_epoch = self._start(model, student, state)
+        state = self.directory.training_state(
+            stage,
+            steps_per_epoch=self.feed.steps_per_epoch,
+            every_steps=self.config.checkpoint_every_steps,
+        )
+        initial_epoch, initial_steps = self._start(model, student, state)
         last_validation = None
         if initial_epoch < self.config.epochs:
-            last_validation = self._fit(model, state, initial_epoch)
+            last_validation = self._fit(model, state, initial_epoch, initial_steps)
         if state.nan_epoch is not None:
             raise TrainingError(
                 f"the loss became NaN or infinite in stage {stage}, epoch {state.nan_epoch}; "
@@ -92,42 +97,67 @@ class Stage:
 
     def _start(
         self, model: tf.keras.Model, student: tf.keras.Model, state: outputs.TrainingState
-    ) -> int:
-        """Restores the newest checkpoint, or sets the initial weights: the epochs done."""
-        initial_epoch = state.attach(model)
-        self.directory.check_workers_agree(initial_epoch)
-        if initial_epoch == 0:
+    ) -> tuple[int, int]:
+        """Restores the newest checkpoint, or sets the initial weights: (epochs done, steps
+        of the next epoch done)."""
+        epochs = state.attach(model)
+        steps = state.resumed_steps
+        self.directory.check_workers_agree(epochs, steps)
+        if epochs == steps == 0:
             weights = self.initial_weights()
             if weights is not None:
                 student.set_weights(weights)
+        elif steps:
+            print(
+                f"Resuming stage {self.stage} after epoch {epochs} and {steps} of "
+                f"{self.feed.steps_per_epoch} steps of epoch {epochs + 1} from {state.restored}"
+            )
         else:
-            print(f"Resuming stage {self.stage} after epoch {initial_epoch} from {state.restored}")
-        return initial_epoch
+            print(f"Resuming stage {self.stage} after epoch {epochs} from {state.restored}")
+        return epochs, steps
 
     def _fit(
-        self, model: tf.keras.Model, state: outputs.TrainingState, initial_epoch: int
+        self,
+        model: tf.keras.Model,
+        state: outputs.TrainingState,
+        initial_epoch: int,
+        initial_steps: int = 0,
     ) -> dict | None:
-        """Trains to the last epoch; returns the last epoch's test-set metrics (without
-        their `val_` prefix), or None if the fit stopped before its last epoch."""
-        config = self.config
+        """Trains to the last epoch, from `initial_steps` steps into epoch `initial_epoch`
+        (0-based); returns the last epoch's test-set metrics (without their `val_` prefix),
+        or None if the fit stopped before its last epoch."""
+        config, steps = self.config, self.feed.steps_per_epoch
         callbacks = [*self.callbacks, state, tf.keras.callbacks.TerminateOnNaN()]
         if self.directory.chief:
             logs = os.path.join(self.directory.stage_dir(self.stage), "logs")
             callbacks.append(tf.keras.callbacks.TensorBoard(logs, profile_batch=0))
-        fit = model.fit(
-            self.feed.train_data(self.stage, initial_epoch),
-            epochs=config.epochs,
-            steps_per_epoch=self.feed.steps_per_epoch,
-            initial_epoch=initial_epoch,
-            validation_data=self.feed.test_ds,
-            callbacks=callbacks,
-            verbose=config.verbose,
-        )
-        if len(fit.epoch) != config.epochs - initial_epoch or model.optimizer.use_ema:
+        # (first epoch, end epoch, steps of the first already done): the rest of an epoch
+        # resumed inside is a fit of its own, since Keras' epochs all have one length.
+        parts = [(initial_epoch, config.epochs, 0)]
+        if initial_steps:
+            parts = [(initial_epoch, initial_epoch + 1, initial_steps)]
+            if initial_epoch + 1 < config.epochs:
+                parts.append((initial_epoch + 1, config.epochs, 0))
+        epochs_run, history = 0, {}
+        with preemption.deferred():
+            for first, end, done in parts:
+                fit = model.fit(
+                    self.feed.train_data(self.stage, first, done, epochs=end - first),
+                    epochs=end,
+                    steps_per_epoch=steps - done,
+                    initial_epoch=first,
+                    validation_data=self.feed.test_ds,
+                    callbacks=callbacks,
+                    verbose=config.verbose,
+                )
+                epochs_run, history = epochs_run + len(fit.epoch), fit.history
+                if state.nan_epoch is not None:
+                    break
+        if epochs_run != config.epochs - initial_epoch or model.optimizer.use_ema:
             return None  # stopped early, or the weights change after the last epoch
         return {
             name[len("val_") :]: values[-1]
-            for name, values in fit.history.items()
+            for name, values in history.items()
             if name.startswith("val_")
         }
 

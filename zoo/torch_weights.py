@@ -59,6 +59,10 @@ _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
+class TorchFileError(TorchWeightsError):
+    """A file torch cannot read as a checkpoint (truncated, garbled, not PyTorch's)."""
+
+
 def is_torch_file(path) -> bool:
     """Whether `path` names a PyTorch checkpoint: `.pth`, `.pth.tar` or `.pt`, or an `.h5`
     file that is not HDF5 but `torch.save`'s format (as A&B BNN's released models)."""
@@ -100,24 +104,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         ImportError: torch is not installed.
-        TorchWeightsError: the file is not `torch.save`'s, or holds no state dict.
+        TorchFileError: torch cannot read the file (truncated, garbled, or not
+            `torch.save`'s: an HDF5 file of Keras weights says so).
+        TorchWeightsError: the file holds no state dict.
         OSError: the file cannot be read (e.g. `FileNotFoundError`).
     """
     torch = _torch()
     try:
         checkpoint = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except OSError:
-        raise
-    except Exception as error:  # other files raise anything from EOFError to KeyError
+        raise  # a missing or unreadable file says so itself
+    except Exception as error:  # torch's errors for bad bytes have no common class
         with open(path, "rb") as file:
             if file.read(len(_HDF5_MAGIC)) == _HDF5_MAGIC:
-                raise TorchWeightsError(
+                raise TorchFileError(
                     f"{path} is an HDF5 file (Keras weights?), not a PyTorch checkpoint"
                 ) from None
-        raise TorchWeightsError(
-            f"{path} is not a PyTorch checkpoint of tensors (torch.load(weights_only=True) "
-            f"raised {type(error).__name__})"
-        ) from error
+        raise TorchFileError(
+            f"{path} is not a readable PyTorch checkpoint ({_load_failure(error)})"
+        ) from None
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping) or not all(
@@ -133,6 +138,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if not _IGNORED.search(name):
             state[name] = tensor.detach().to(torch.float32).numpy()
     return state
+
+
+def _load_failure(error: Exception) -> str:
+    """What `torch.load` found wrong with a file, in a few words: the unpickler's own
+    complaint (under torch's advice about `weights_only`), or the error's first sentence."""
+    text, marker = str(error), "WeightsUnpickler error:"
+    if marker in text:
+        rest = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        return f"unpickling: {rest[0][:120]}" if rest else "unpickling failed"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__).split(". ")[0].rstrip(".")[:160]
 
 
 def backbone_of(model: tf.keras.Model) -> str:

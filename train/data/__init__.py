@@ -69,6 +69,7 @@ def load(
     epochs: int = 1,
     normalization: str = "dataset",
     padding_mode: str = "constant",
+    first_step: int = 0,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, DatasetInfo]:
     """Returns (train, test, info): batched, prefetched (float32 NHWC images, int32 labels).
 
@@ -77,7 +78,8 @@ def load(
     remainder is dropped). Each epoch's batches are a function of ``(seed, stream, epoch)``
     only: every iteration of ``train`` yields the same batches, and ``first_epoch=k`` yields
     the batches that epoch k has in a dataset that starts at 0. The training program uses one
-    stream per stage.
+    stream per stage. ``first_step=s`` leaves out the first ``s`` batches of the first epoch
+    (a run resumed inside an epoch): the others are the same batches.
 
     ``num_classes`` and ``synthetic_examples`` only apply to "synthetic". With ``input_context``
     the train split is sharded per input pipeline and both splits are batched per replica.
@@ -87,8 +89,11 @@ def load(
     (as A&B BNN's CIFAR models were trained); the random crops pad with zeros ("constant")
     or by reflection ("reflect").
     """
-    if first_epoch < 0 or epochs <= 0:
-        raise ValueError(f"need first_epoch >= 0 and epochs > 0, got {first_epoch}, {epochs}")
+    if first_epoch < 0 or epochs <= 0 or first_step < 0:
+        raise ValueError(
+            "need first_epoch >= 0, epochs > 0 and first_step >= 0, got "
+            f"{first_epoch}, {epochs}, {first_step}"
+        )
     try:
         source = DATASETS.get(name)  # the family module's `source(request)`
     except UnknownNameError as error:
@@ -123,6 +128,7 @@ def load(
         stream=stream,
         first_epoch=first_epoch,
         epochs=epochs,
+        first_step=first_step,
     )
 
 

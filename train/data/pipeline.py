@@ -18,6 +18,7 @@ def assemble(
     stream: int,
     first_epoch: int,
     epochs: int,
+    first_step: int = 0,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, DatasetInfo]:
     """(train, test, info) of a source, as `data.load` returns them (its arguments)."""
     batch_size = global_batch_size
@@ -54,8 +55,13 @@ def assemble(
         order_seed = tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
         examples = train.shuffle(buffer, seed=order_seed, reshuffle_each_iteration=False)
         # Each example's augmentation seed: the epoch's key folded with its position, so
-        # parallel maps stay deterministic.
-        examples = examples.enumerate().map(
+        # parallel maps stay deterministic. The batches a resumed run has trained on are
+        # left out before the map, their positions kept.
+        examples = examples.enumerate()
+        if first_step:
+            skipped = tf.where(epoch == first_epoch, first_step * batch_size, 0)
+            examples = examples.skip(tf.cast(skipped, tf.int64))
+        examples = examples.map(
             lambda index, example: (
                 src.train_map(example[0], tf.random.experimental.stateless_fold_in(key, index)),
                 as_label(example[1]),

@@ -13,8 +13,10 @@ import os
 import signal
 import sys
 
-from larq_nobn.train import process
-from larq_nobn.train import main  # Keras 2 before TensorFlow
+from larq_nobn.train import (
+    main,  # Keras 2 before TensorFlow
+    process,
+)
 
 with process.tensorflow_noise_filtered():  # as the program imports it: stderr as its own
     import tensorflow as tf

@@ -77,11 +77,13 @@ class Run:
         callbacks: Callable[[int], Sequence[tf.keras.callbacks.Callback]] | None = None,
         cross_device_ops: tf.distribute.CrossDeviceOps | None = None,
     ):
+        # The strategy first: a multi-worker one must configure the collective ops before
+        # anything initializes TensorFlow's devices (listing them does).
+        self.strategy = make_strategy(config.strategy, cross_device_ops)
         # The acceleration that runs is a named setting, recorded in config.json and kept
         # on resume (an unfinished run's, or auto resolved here).
         self.config = config = config.with_acceleration_resolved()
         self.callbacks = callbacks or (lambda stage: ())
-        self.strategy = make_strategy(config.strategy, cross_device_ops)
         replicas = self.strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ConfigError(

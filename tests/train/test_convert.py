@@ -86,7 +86,7 @@ def test_bad_inputs_are_one_line_each(released, tmp_path, monkeypatch, capsys):
     (tmp_path / "text.pth").write_text("not a checkpoint\n")
     cases = {
         ("missing.h5",): "error: no such file: missing.h5",
-        ("text.pth",): "error: text.pth is not a PyTorch checkpoint",
+        ("text.pth",): "error: text.pth is not a readable PyTorch checkpoint",
         ("weights.h5",): "error: weights.h5 is an HDF5 file (Keras weights?), not a PyTorch",
         ("other.pth",): "error: other.pth holds neither a ReActNet-A",
         (released, "--model", "reactnet_a_ab"): "lacks tensor feature.0.conv1.weight",
@@ -106,7 +106,9 @@ def test_bad_inputs_are_one_line_each(released, tmp_path, monkeypatch, capsys):
 
 def test_the_installed_command_exits_2_with_one_line(tmp_path):
     (tmp_path / "text.pth").write_text("not a checkpoint\n")
-    assert "text.pth is not a PyTorch checkpoint" in error_line(convert("text.pth", cwd=tmp_path))
+    assert "text.pth is not a readable PyTorch checkpoint" in error_line(
+        convert("text.pth", cwd=tmp_path)
+    )
 
 
 @pytest.mark.parametrize(

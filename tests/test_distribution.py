@@ -64,4 +64,5 @@ def test_wheel_declares_the_command(wheel):
     assert dict(parser["console_scripts"]) == {
         "larq-nobn-train": "larq_nobn.train.commands:train",
         "larq-nobn-spp": "larq_nobn.train.commands:spp",
+        "larq-nobn-convert": "larq_nobn.train.commands:convert",
     }

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from larq_nobn import acceleration
-from larq_nobn.train import options, outputs
+from larq_nobn.train import files, options
 from larq_nobn.train.config import Config, ConfigError
 from tests.train.program import error_line, run_main, snapshot
 
@@ -24,7 +24,7 @@ def unfinished_run(model_dir, **recorded) -> None:
     ).resolved()
     saved = {**options.to_json(config), **recorded}
     os.makedirs(model_dir, exist_ok=True)
-    outputs.write_json(os.path.join(model_dir, "config.json"), saved)
+    files.write_json(os.path.join(model_dir, "config.json"), saved)
 
 
 def test_auto_takes_the_setting_an_unfinished_run_recorded(tmp_path):
@@ -42,7 +42,7 @@ def test_auto_takes_the_setting_an_unfinished_run_recorded(tmp_path):
     unfinished_run(tmp_path / "old")
     with open(tmp_path / "old" / "config.json") as f:
         saved = {k: v for k, v in json.load(f).items() if k != "acceleration"}
-    outputs.write_json(str(tmp_path / "old" / "config.json"), saved)
+    files.write_json(str(tmp_path / "old" / "config.json"), saved)
     old = Config(
         model="reactnet18_nobn", stem="cifar", stages=(1,), model_dir=str(tmp_path / "old")
     ).resolved()

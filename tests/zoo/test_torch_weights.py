@@ -227,10 +227,12 @@ def fit_classifier(net, x: np.ndarray, y: np.ndarray) -> None:
 def torch_signs(net, model: tf.keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
     """The PyTorch model's binarizations (`torch.sign`, 0 at 0) of the tensors of
     `sign_inputs`, channels last."""
-    module_of = {
-        "reactnet_a": torch_weights._reactnet_a_module,
-        "reactnet18": torch_weights._reactnet18_module,
-    }[torch_weights.backbone_of(model)]
+    if torch_weights.backbone_of(model) == "reactnet_a":
+        module_of = torch_weights._reactnet_a_module
+    else:
+        starts = torch_weights._stage_starts(model)
+        design = torch_weights.design_of(model)
+        module_of = lambda layer: torch_weights._reactnet18_module(layer, starts, design)  # noqa: E731
     modules = dict(net.named_modules())
     signs = {}
 

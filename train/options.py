@@ -516,22 +516,8 @@ SPP_OPTIONS: tuple[Option, ...] = (
         "nobn=runs/x/stage1/model.keras), drawn dashed",
         group="model",
     ),
-    Option(
-        "dataset",
-        str,
-        "digits",
-        f"dataset: {', '.join(catalog.DATASETS.names())}",
-        one_of(catalog.DATASETS.names),
-        group="data",
-    ),
-    Option(
-        "data_dir",
-        str,
-        None,
-        "TFDS data dir, or the Fashion-MNIST IDX directory (default TFDS's own, "
-        "~/tensorflow_datasets)",
-        group="data",
-    ),
+    BY_NAME["dataset"],  # the training program's, as it is
+    BY_NAME["data_dir"],
     Option(
         "image_size",
         int,

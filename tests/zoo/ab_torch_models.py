@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.zoo.torch_models import REACTNET_A_CHANNELS, Conv
+from tests.zoo.torch_models import Conv, reactnet_a_schedule
 
 ALPHA = 0.25
 STEEPNESS = 3.0
@@ -184,20 +184,8 @@ class Reactnet(nn.Module):
         super().__init__()
         self.feature = nn.ModuleList([FirstConv(2 if stem == "imagenet" else 1)])
 
-        def reset():
-            return 1.0 + ALPHA**2, 1.0, (1.0 + ALPHA**2) ** -0.5
-
-        variance, beta1, beta2 = reset()
-        channels = REACTNET_A_CHANNELS
-        for cin, cout in zip(channels, channels[1:], strict=False):
-            transition = cin != cout and cout != 64
-            self.feature.append(BlockA(cin, cout, 2 if transition else 1, stage == 2, beta1, beta2))
-            if transition:
-                variance, beta1, beta2 = reset()
-            else:
-                beta1 = (variance + ALPHA**2) ** -0.5
-                variance += 2 * ALPHA**2
-                beta2 = variance**-0.5
+        for cin, cout, stride, beta1, beta2 in reactnet_a_schedule(ALPHA):
+            self.feature.append(BlockA(cin, cout, stride, stage == 2, beta1, beta2))
         self.fc = nn.Linear(1024, num_classes)
 
     def forward(self, x):

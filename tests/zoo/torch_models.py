@@ -116,6 +116,28 @@ class FirstConvA(nn.Module):
         return self.bn1(x) if hasattr(self, "bn1") else x
 
 
+def reactnet_a_schedule(alpha: float) -> list[tuple[int, int, int, float, float]]:
+    """(in, out, stride, beta1, beta2) of ReActNet-A's 13 blocks, as the reference's (and
+    A&B BNN's) builder computes them: the expected variance is 1 after the first conv and
+    after a transition, and grows by alpha^2 per residual branch."""
+
+    def reset():
+        return 1.0 + alpha**2, 1.0, (1.0 + alpha**2) ** -0.5
+
+    variance, beta1, beta2 = reset()
+    blocks = []
+    for cin, cout in zip(REACTNET_A_CHANNELS, REACTNET_A_CHANNELS[1:], strict=False):
+        transition = cin != cout and cout != 64
+        blocks.append((cin, cout, 2 if transition else 1, beta1, beta2))
+        if transition:
+            variance, beta1, beta2 = reset()
+        else:
+            beta1 = (variance + alpha**2) ** -0.5
+            variance += 2 * alpha**2
+            beta2 = variance**-0.5
+    return blocks
+
+
 class ReActNetA(nn.Module):
     """`feature.0` the first convolution, `feature.1..13` the blocks, `fc`."""
 
@@ -123,22 +145,8 @@ class ReActNetA(nn.Module):
         super().__init__()
         self.feature = nn.ModuleList([FirstConvA(norm)])
 
-        def reset():  # expected variance 1 after a transition (or the first conv)
-            return 1.0 + ALPHA**2, 1.0, (1.0 + ALPHA**2) ** -0.5
-
-        variance, beta1, beta2 = reset()
-        channels = REACTNET_A_CHANNELS
-        for cin, cout in zip(channels, channels[1:], strict=False):
-            transition = cin != cout and cout != 64
-            self.feature.append(
-                BlockA(cin, cout, 2 if transition else 1, norm, stage == 2, beta1, beta2)
-            )
-            if transition:
-                variance, beta1, beta2 = reset()
-            else:
-                beta1 = (variance + ALPHA**2) ** -0.5
-                variance += 2 * ALPHA**2
-                beta2 = variance**-0.5
+        for cin, cout, stride, beta1, beta2 in reactnet_a_schedule(ALPHA):
+            self.feature.append(BlockA(cin, cout, stride, norm, stage == 2, beta1, beta2))
         self.fc = nn.Linear(1024, num_classes)
 
     def forward(self, x):

@@ -13,8 +13,6 @@ import tensorflow as tf
 import larq_nobn
 from larq_nobn import conv, zoo
 
-RNG = np.random.default_rng(0)
-
 
 @pytest.fixture
 def forward_gradients():
@@ -23,7 +21,9 @@ def forward_gradients():
 
 
 def random(*shape, dtype="float32"):
-    return tf.constant(RNG.standard_normal(shape), dtype)
+    # NumPy's global generator: tests/conftest.py seeds it from each test's node id, so a
+    # test draws the same values whichever tests ran before it.
+    return tf.constant(np.random.standard_normal(shape), dtype)
 
 
 def gradients(fn, x, w):
@@ -249,11 +249,27 @@ def float64():
     tf.keras.mixed_precision.set_global_policy(previous)
 
 
+# The BN-free variant's kernels and gains get their gradients from the fused scaled-WS
+# kernel (`larq_nobn.unitwise.scaled_ws_kernel`), which computes in float32 whatever the
+# policy: it rounds its float64 upstream gradient, whose last bits differ between the two
+# modes, to float32, where an element at a rounding boundary moves by one float32 spacing
+# (2^-24 of it), and its backward pass (each element less two per-unit means) turns that
+# into at most a few spacings of the variable's largest gradient. Bound: 16 of them.
+FLOAT32_VARIABLE_RTOL = 2.0**-20
+
+
 @pytest.mark.parametrize("name,stage", MODELS)
 def test_zoo_model_gradients_equal_tensorflows(float64, name, stage):
-    tf.keras.utils.set_random_seed(1)
     model = zoo.get_model(name, stage=stage, input_shape=(32, 32, 3), num_classes=10)
     images = random(2, 32, 32, 3, dtype="float64")
+    float32_gradients = {
+        f"{layer.name}/{weight}:0"
+        for layer in model.layers
+        if isinstance(layer, larq_nobn.ScaledWSQuantConv2D)
+        for weight in ("kernel", "gain")
+    }
+    assert bool(float32_gradients) == name.endswith("_nobn")
+    assert float32_gradients <= {variable.name for variable in model.trainable_variables}
 
     def run(mode):
         with larq_nobn.conv_gradients(mode), tf.GradientTape() as tape:
@@ -267,7 +283,12 @@ def test_zoo_model_gradients_equal_tensorflows(float64, name, stage):
     scale = max(float(tf.reduce_max(tf.abs(g))) for g in theirs)
     for variable, a, b in zip(model.trainable_variables, ours, theirs, strict=True):
         assert a.dtype == ("float32" if variable.name.startswith("fc/") else "float64")
-        assert float(tf.reduce_max(tf.abs(a - b))) <= 1e-10 * scale, variable.name
+        difference = float(tf.reduce_max(tf.abs(a - b)))
+        if variable.name in float32_gradients:
+            bound = FLOAT32_VARIABLE_RTOL * float(tf.reduce_max(tf.abs(b)))
+        else:
+            bound = 1e-10 * scale
+        assert difference <= bound, (variable.name, difference, bound)
 
 
 @pytest.mark.parametrize("fmt", ["keras", "tf"])

@@ -1,13 +1,11 @@
 """Tests of larq_nobn.export: exact folding, conversion, agreement with Keras."""
 
+import larq_compute_engine  # noqa: F401  (the `lce` extra, in `test`)
 import numpy as np
-import pytest
 import tensorflow as tf
 
 import larq_nobn
 from larq_nobn import export
-
-pytest.importorskip("larq_compute_engine")
 
 
 def small_model() -> tf.keras.Model:

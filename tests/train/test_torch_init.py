@@ -4,12 +4,11 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from larq_nobn import zoo
 from tests.train.program import run_main
-
-torch = pytest.importorskip("torch")
-from tests.zoo import torch_models  # noqa: E402  (needs torch)
+from tests.zoo import torch_models
 
 MODEL = ["--model=reactnet18_nobn", "--stem=cifar", "--dataset=digits", "--stages=1"]
 MODEL += ["--epochs=1", "--batch_size=32", "--train_subset=64", "--image_size=8"]

@@ -9,19 +9,13 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+import torch
 
-from larq_nobn import zoo
+from larq_nobn import export, zoo
 from larq_nobn.zoo import torch_weights
-
-torch = pytest.importorskip("torch")
-from tests.zoo import torch_models  # noqa: E402  (needs torch)
-from tests.zoo.images import digits  # noqa: E402
-from tests.zoo.sign_ties import (  # noqa: E402
-    flatbuffer_outputs,
-    sign_input_layers,
-    sign_inputs,
-    ties,
-)
+from tests.zoo import torch_models
+from tests.zoo.images import digits
+from tests.zoo.sign_ties import flatbuffer_outputs, sign_input_layers, sign_inputs, ties
 
 TOLERANCE = 1e-4  # max |keras - torch| / max |torch| over a batch of logits
 NUM_CLASSES = 10
@@ -247,9 +241,6 @@ def torch_signs(net, model: tf.keras.Model, x: np.ndarray) -> dict[str, np.ndarr
     [("reactnet18", 32, 16), ("reactnet_a", 64, 31)],
 )
 def test_lce_export_of_a_loaded_model(backbone, size, binary_convs, tmp_path):
-    pytest.importorskip("larq_compute_engine")
-    from larq_nobn import export
-
     kwargs = {"stem": "cifar"} if backbone == "reactnet18" else {}
     net = torch_model(backbone, "nobn", 2, seed=5, **kwargs)
     images_, labels = digits(size)

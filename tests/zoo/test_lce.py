@@ -8,14 +8,16 @@ import tensorflow as tf
 import larq_nobn
 from larq_nobn import export, zoo
 from tests.zoo.images import digits
-from tests.zoo.sign_ties import flatbuffer_outputs, sign_input_layers, sign_inputs, ties
+from tests.zoo.sign_ties import (
+    MAX_TIE_SHARE,
+    flatbuffer_outputs,
+    sign_input_layers,
+    sign_inputs,
+    ties,
+)
 
 # max |tflite - keras| / max |keras| over a batch of logits (float32 rounding: ~1e-6)
 TOLERANCE = 1e-4
-# The share of images whose first differing sign is a tie (tests/zoo/sign_ties.py) may be
-# anything up to this: the bound only keeps the comparison from being vacuous (three
-# images in four compared strictly); which images are ties, TIE decides.
-MAX_TIE_SHARE = 0.25
 
 
 def assert_flatbuffer_computes_the_model(model, flatbuffer, x) -> np.ndarray:

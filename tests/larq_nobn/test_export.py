@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import larq_nobn
 from larq_nobn import export
+from tests.zoo.sign_ties import MAX_TIE_SHARE, flatbuffer_outputs, sign_inputs, ties
 
 
 def small_model() -> tf.keras.Model:
@@ -56,5 +57,12 @@ def test_converted_model_agrees_with_keras():
     counts = export.op_counts(flatbuffer)
     assert counts["LceBconv2d"] == 1 and counts["CONV_2D"] == 1
     x = np.random.default_rng(2).normal(size=(16, 16, 16, 3)).astype("float32")
-    assert export.top1_agreement(model, flatbuffer, x) == 1.0
-    np.testing.assert_allclose(export.predict(flatbuffer, x), model(x).numpy(), atol=1e-3)
+    logits = model(x).numpy()
+    flat_logits, flat_signs = flatbuffer_outputs(flatbuffer, x)
+    np.testing.assert_array_equal(flat_logits, export.predict(flatbuffer, x))
+    # Every image agrees but one whose binarization differs only at a sign tie.
+    inputs = sign_inputs(model, x)
+    tie = ties(inputs, dict(zip(inputs, flat_signs.values(), strict=True)))
+    close = np.abs(flat_logits - logits).max(axis=1) <= 1e-3
+    same_top1 = np.argmax(flat_logits, -1) == np.argmax(logits, -1)
+    assert np.all((close & same_top1) | tie) and np.mean(tie) <= MAX_TIE_SHARE

@@ -37,6 +37,7 @@ def sign_inputs(model: tf.keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
     """What `model` binarizes on `x`, by the name of the layer computing it, in order."""
     names = sign_input_layers(model)
     outputs = tf.keras.Model(model.inputs, [model.get_layer(n).output for n in names])(x)
+    outputs = outputs if isinstance(outputs, list) else [outputs]  # Keras unpacks one output
     return {name: output.numpy() for name, output in zip(names, outputs, strict=True)}
 
 

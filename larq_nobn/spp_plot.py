@@ -9,13 +9,19 @@ The statistics are `larq_nobn.signal_propagation`'s. matplotlib (the `plot` extr
 that plots the zoo's variants is the program's: `larq-nobn-spp` (`larq_nobn.train.spp`).
 """
 
+from __future__ import annotations
+
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 
 from larq_nobn.spp import BlockStatistics, signal_propagation
+
+if TYPE_CHECKING:
+    import matplotlib.figure
 
 STATISTICS = (
     ("squared_mean", "average channel squared mean"),
@@ -32,7 +38,7 @@ def plot_signal_propagation(
     trained: Mapping[str, Sequence[BlockStatistics]] | None = None,
     title: str = "Signal propagation",
     transitions: Sequence[str] = (),
-) -> None:
+) -> matplotlib.figure.Figure:
     """Writes a PNG with one panel per statistic and one line per variant.
 
     Solid lines are `statistics` (e.g. at initialization), dashed lines `trained`. A panel's
@@ -45,6 +51,9 @@ def plot_signal_propagation(
         trained: optional statistics of trained models, keyed like `statistics`.
         title: the figure's title.
         transitions: names of blocks to mark with a vertical line (e.g. stride-2 blocks).
+
+    Returns:
+        The matplotlib `Figure` written (one `Axes` per statistic).
 
     Raises:
         ValueError: if there are no variants, or the variants' blocks differ, or `trained`
@@ -98,6 +107,7 @@ def plot_signal_propagation(
     figure.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
     figure.suptitle(title, fontsize=11)
     figure.savefig(path, dpi=100)
+    return figure
 
 
 def write_signal_propagation_plot(
@@ -111,7 +121,7 @@ def write_signal_propagation_plot(
     transitions: Sequence[str] = (),
     layers_of: Callable[[tf.keras.Model], Mapping] | None = None,
     **layers,
-) -> None:
+) -> matplotlib.figure.Figure:
     """Measures `signal_propagation` of each model on `images` and plots the variants.
 
     For one trained zoo model: `write_signal_propagation_plot({"nobn": initial_twin}, images,
@@ -131,6 +141,9 @@ def write_signal_propagation_plot(
             layers differ (e.g. `zoo.signal_propagation_layers`).
         **layers: `block_outputs` and `residual_outputs` of every model (without
             `layers_of`).
+
+    Returns:
+        The matplotlib `Figure` written (see `plot_signal_propagation`).
     """
 
     def measure(runs: Mapping[str, tf.keras.Model]) -> dict[str, list[BlockStatistics]]:
@@ -141,7 +154,7 @@ def write_signal_propagation_plot(
             for variant, model in runs.items()
         }
 
-    plot_signal_propagation(
+    return plot_signal_propagation(
         measure(models),
         path,
         trained=measure(trained or {}),

@@ -1,8 +1,10 @@
-"""Test-session setup: Keras 2 and two logical CPU devices (for tf.distribute tests), and
-the order in which `pytest -n 2` hands the tests out (see `pytest_collection_modifyitems`)."""
+"""Test-session setup: Keras 2 and two logical CPU devices (for tf.distribute tests), each
+test's own seeds (see `_fresh_keras_and_seeds`), and the order in which `pytest -n 2` hands
+the tests out (see `pytest_collection_modifyitems`)."""
 
 import importlib.util
 import os
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,6 +27,14 @@ tf.config.set_logical_device_configuration(
 SHARED_RUNS = ("trained", "one_device_run", "reference_runs")
 
 
+def seed_from(name: str) -> int:
+    """Seeds Python's, NumPy's, TensorFlow's and Keras' random numbers from `name` (a
+    test's node id): the same in every process and every order (`hash` is salted)."""
+    seed = zlib.crc32(name.encode())
+    tf.keras.utils.set_random_seed(seed)
+    return seed
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow(seconds): about that long with `pytest -n 2` on 2 cores; run first"
@@ -34,15 +44,38 @@ def pytest_configure(config):
         "torch: compares with PyTorch (the `test` extra installs it); where it is not "
         'installed, deselect these with -m "not torch"',
     )
+    if config.pluginmanager.hasplugin("randomly"):
+        # The seeds are the tests' own (below); pytest-randomly only shuffles the order.
+        config.option.randomly_reset_seed = False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef, request):
+    """A module (or wider) fixture starts from its own seed, whichever test sets it up."""
+    if fixturedef.scope != "function":
+        seed_from(f"{fixturedef.baseid}::{fixturedef.argname}")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_and_seeds(request):
+    """Every test starts with a fresh Keras session and the seeds of its own node id, so
+    that every model it builds without a seed of its own is the same in any order, alone
+    or after other tests, in any worker."""
+    tf.keras.backend.clear_session()
+    seed_from(request.node.nodeid)
+    yield
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
     """The slow tests first, longest first, then the others in their order.
 
-    setup.cfg's `--dist loadgroup` hands the tests out one at a time as the workers free
-    up, so that a slow test started last cannot leave the other worker idle; the tests of
-    a shared run go to one worker together.
+    With `-n`, setup.cfg's `--dist loadgroup` makes each test a work unit of its own, and
+    the tests of one `xdist_group` (here: those of a shared run) one unit, which one worker
+    runs. The units are queued largest first (pytest-xdist >= 3.5; a stable sort, so the
+    single tests keep this order), each worker takes one or two, and another whenever it
+    has two tests or fewer left: a slow test started last cannot leave the other worker
+    idle for long.
     """
     for item in items:
         shared = [name for name in SHARED_RUNS if name in item.fixturenames]
@@ -61,9 +94,3 @@ def _torch_installed(request):
     """A selected `torch` test fails where PyTorch is missing: it is never skipped."""
     if request.node.get_closest_marker("torch") and importlib.util.find_spec("torch") is None:
         pytest.fail('PyTorch is not installed: install the `test` extra or add -m "not torch"')
-
-
-@pytest.fixture(autouse=True)
-def _clear_keras_session():
-    tf.keras.backend.clear_session()
-    yield

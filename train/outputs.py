@@ -394,7 +394,7 @@ def _bytes(variables) -> int:
     return sum(v.shape.num_elements() * v.dtype.size for v in variables)
 
 
-def plot_curves(histories: dict[int, list[dict]], path: str) -> None:
+def plot_curves(histories: dict[int, list[dict]], path: str):
     """Loss and accuracy, train and test, over the epochs of every stage, as a PNG.
 
     Drawn on a `matplotlib.figure.Figure` of its own (no pyplot, no global backend).
@@ -402,6 +402,9 @@ def plot_curves(histories: dict[int, list[dict]], path: str) -> None:
     Args:
         histories: per stage, the rows of its `history.csv` (`TrainingState.history`).
         path: where to write the PNG.
+
+    Returns:
+        The `Figure` written: a loss and an accuracy panel.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -428,6 +431,7 @@ def plot_curves(histories: dict[int, list[dict]], path: str) -> None:
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    return fig
 
 
 def export_tflite(student: tf.keras.Model, path: str) -> None:

@@ -485,7 +485,7 @@ def _assert_same_weights(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # cheap (a 6x6 model, two steps): computed in each test's own state
 def one_device_weights():
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     weights = {

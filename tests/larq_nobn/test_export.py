@@ -1,13 +1,12 @@
 """Tests of larq_nobn.export: exact folding, conversion, agreement with Keras."""
 
+import larq_compute_engine  # noqa: F401  (the `lce` extra, in `test`)
 import numpy as np
-import pytest
 import tensorflow as tf
 
 import larq_nobn
 from larq_nobn import export
-
-pytest.importorskip("larq_compute_engine")
+from tests.zoo.sign_ties import MAX_TIE_SHARE, flatbuffer_outputs, sign_inputs, ties
 
 
 def small_model() -> tf.keras.Model:
@@ -58,8 +57,15 @@ def test_converted_model_agrees_with_keras():
     counts = export.op_counts(flatbuffer)
     assert counts["LceBconv2d"] == 1 and counts["CONV_2D"] == 1
     x = np.random.default_rng(2).normal(size=(16, 16, 16, 3)).astype("float32")
-    assert export.top1_agreement(model, flatbuffer, x) == 1.0
-    np.testing.assert_allclose(export.predict(flatbuffer, x), model(x).numpy(), atol=1e-3)
+    logits = model(x).numpy()
+    flat_logits, flat_signs = flatbuffer_outputs(flatbuffer, x)
+    np.testing.assert_array_equal(flat_logits, export.predict(flatbuffer, x))
+    # Every image agrees but one whose binarization differs only at a sign tie.
+    inputs = sign_inputs(model, x)
+    tie = ties(inputs, dict(zip(inputs, flat_signs.values(), strict=True)))
+    close = np.abs(flat_logits - logits).max(axis=1) <= 1e-3
+    same_top1 = np.argmax(flat_logits, -1) == np.argmax(logits, -1)
+    assert np.all((close & same_top1) | tie) and np.mean(tie) <= MAX_TIE_SHARE
 
 
 def quantized_prelu_model(log2_slopes: np.ndarray) -> tf.keras.Model:

@@ -138,18 +138,50 @@ def _fake_statistics(scale: float, blocks: int = 6) -> list[BlockStatistics]:
     ]
 
 
-def test_plot_writes_a_png_for_three_variants(tmp_path):
+def _data_lines(ax) -> dict[str, tuple[str, np.ndarray]]:
+    """The lines of a panel that carry a label (the vertical markers carry one only once),
+    by label: (line style, y values)."""
+    return {
+        line.get_label(): (line.get_linestyle(), line.get_ydata())
+        for line in ax.get_lines()
+        if not line.get_label().startswith(("_", "stride"))
+    }
+
+
+def test_plot_draws_each_statistic_of_each_variant(tmp_path):
     path = tmp_path / "spp.png"
-    spp_plot.plot_signal_propagation(
-        {"bn": _fake_statistics(1.0), "nobn": _fake_statistics(0.05), "none": _fake_statistics(3)},
-        path,
-        trained={"none": _fake_statistics(30.0)},
-        transitions=["block3"],
+    statistics = {
+        "bn": _fake_statistics(1.0),
+        "nobn": _fake_statistics(0.05),
+        "none": _fake_statistics(3),
+    }
+    trained = {"none": _fake_statistics(30.0)}
+    figure = spp_plot.plot_signal_propagation(
+        statistics, path, trained=trained, title="six blocks", transitions=["block3"]
     )
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert figure._suptitle.get_text() == "six blocks"
+    axes = figure.axes
+    assert [ax.get_title() for ax in axes] == [label for _, label in spp_plot.STATISTICS]
+    for ax, (field, _) in zip(axes, spp_plot.STATISTICS, strict=True):
+        assert [t.get_text() for t in ax.get_xticklabels()] == [f"block{i}" for i in range(1, 7)]
+        lines = _data_lines(ax)
+        assert set(lines) == {"bn (init)", "nobn (init)", "none (init)", "none (trained)"}
+        for label, (style, y) in lines.items():
+            variant, state = label.split()
+            stats = (trained if state == "(trained)" else statistics)[variant]
+            assert style == ("--" if state == "(trained)" else "-")
+            np.testing.assert_array_equal(y, [getattr(block, field) for block in stats])
+        # One marker at the transition block (index 2); log scale where values span > 10x.
+        (marker,) = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+        assert list(marker.get_xdata()) == [2, 2]
+        values = np.concatenate([y for _, y in lines.values()])
+        log = values.min() > 0 and values.max() > 10 * values.min()
+        assert ax.get_yscale() == ("log" if log else "linear")
+    one = spp_plot.plot_signal_propagation({"nobn": _fake_statistics(1.0)}, path)
+    assert [ax.get_yscale() for ax in one.axes] == ["linear"] * 3  # all within 10x
     from matplotlib import image
 
-    assert image.imread(path).shape[:2] == (450, 1500)
+    assert image.imread(path).shape[:2] == (460, 1500)  # the last figure, as written
     assert path.stat().st_size < 250_000
 
 
@@ -164,9 +196,20 @@ def test_plot_rejects_variants_with_other_blocks(tmp_path):
 def test_write_plot_measures_initial_and_trained_models(tmp_path):
     path = tmp_path / "spp.png"
     models = {norm: _tiny_model()[0] for norm in ("bn", "nobn", "none")}
-    spp_plot.write_signal_propagation_plot(
-        models, _images(), path, trained={"nobn": _tiny_model(True)[0]}, **TINY
+    trained = _tiny_model(True)[0]
+    figure = spp_plot.write_signal_propagation_plot(
+        models, _images(), path, trained={"nobn": trained}, **TINY
     )
+    expected = larq_nobn.signal_propagation(models["bn"], _images(), **TINY)
+    expected_trained = larq_nobn.signal_propagation(trained, _images(), training=True, **TINY)
+    for ax, (field, _) in zip(figure.axes, spp_plot.STATISTICS, strict=True):
+        lines = _data_lines(ax)
+        assert set(lines) == {"bn (init)", "nobn (init)", "none (init)", "nobn (trained)"}
+        for label in ("bn (init)", "nobn (init)", "none (init)"):  # three equal models
+            np.testing.assert_allclose(lines[label][1], [getattr(s, field) for s in expected])
+        np.testing.assert_allclose(
+            lines["nobn (trained)"][1], [getattr(s, field) for s in expected_trained]
+        )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -179,6 +222,8 @@ def test_write_plot_takes_each_models_layers(tmp_path):
         return TINY
 
     models = {"nobn": _tiny_model()[0], "none": _tiny_model()[0]}
-    spp_plot.write_signal_propagation_plot(models, _images(), path, layers_of=layers_of)
+    figure = spp_plot.write_signal_propagation_plot(models, _images(), path, layers_of=layers_of)
     assert seen == [model.name for model in models.values()]
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for ax in figure.axes:
+        assert set(_data_lines(ax)) == {"nobn (init)", "none (init)"}
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["b1", "b2"]

@@ -1,7 +1,8 @@
 """The training program with a fault of the tests: `python tests/train/faulty_program.py
 FAULT flags...` runs `train/main.py flags...` after installing FAULT, one of `KILLS`, a
-SIGKILL the program sends itself at that exact moment of a run, or of `FAULTS` (a SIGTERM,
-a full disk).
+SIGKILL the program sends itself at that exact moment of a run, of `FAULTS` (a SIGTERM,
+a full disk), or of `STOPS`, a SIGSTOP that freezes it there until the test kills it (for
+runs of several processes).
 
 The faults live here, not in the program: it only offers the extension points they use
 (`runner.Run`'s `callbacks`, passed through `main.run`). `NanAtEpoch` is for runs in the
@@ -111,6 +112,20 @@ class DiskFullAtSave:
         io_ops.save_v2 = self
 
 
+class StopAtEpoch(tf.keras.callbacks.Callback):
+    """SIGSTOP at the start of epoch `epoch` (1-based): after everything the epochs before
+    it wrote, before any step of this one. The process stays, frozen, until killed."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.stop_epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch + 1 == self.stop_epoch:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
 def kill_after_preflight() -> None:
     """SIGKILL at start-up: the run is set up and checked, nothing is written yet."""
     from larq_nobn.train import runner
@@ -145,6 +160,11 @@ KILLS = {
     "stage-2 epoch 2": (None, lambda stage: [KillInEpoch(2)] if stage == 2 else []),
 }
 
+# FAULT -> (install, callbacks) as in KILLS, for a SIGSTOP.
+STOPS = {
+    "stop at stage-1 epoch 2": (None, lambda stage: [StopAtEpoch(2)] if stage == 1 else []),
+}
+
 
 # The faults a run survives without a kill: FAULT -> as in KILLS.
 FAULTS = {
@@ -164,7 +184,7 @@ FAULTS = {
 
 if __name__ == "__main__":
     fault = sys.argv.pop(1)
-    install, callbacks = {**KILLS, **FAULTS}[fault]
+    install, callbacks = {**KILLS, **FAULTS, **STOPS}[fault]
     if install:
         install()
     main.run(callbacks=callbacks)

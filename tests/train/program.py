@@ -169,3 +169,29 @@ def start_cluster(tmp_path, args_per_worker: list[list[str]], tag: str, script=P
 
 def finish_cluster(tmp_path, workers, tag: str) -> list[str]:
     return [finish(worker, tmp_path / f"{tag}{i}.log") for i, worker in enumerate(workers)]
+
+
+# ----------------------------------------------------------------------------- no network
+
+
+def offline(monkeypatch, home) -> list[str]:
+    """This process as on a machine without a network, with an empty Keras cache: every host
+    name fails to resolve (what urllib then raises, as offline), no proxy is set, and `~`
+    is `home` (tf_keras' `get_file` reads `~/.keras`, not KERAS_HOME).
+
+    Returns:
+        The host names looked up from now on, in order.
+    """
+    looked_up = []
+
+    def no_network(host, *args, **kwargs):
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setenv("HOME", str(home))
+    (home / ".keras").mkdir()
+    return looked_up

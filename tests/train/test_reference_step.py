@@ -9,6 +9,8 @@ torch's formulas there, and converts back; the recipe's optimizer, given the sam
 parameters and data gradients, must move every parameter the same way.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -253,14 +255,38 @@ def test_keras_adam_and_the_old_units_would_fail_the_step_test():
     assert overall > 5e-2, overall
 
 
+@contextlib.contextmanager
+def _restored(model: tf.keras.Model):
+    """`model`'s trainable values as they were before the block, however the block ends."""
+    saved = [(variable, variable.numpy()) for variable in model.trainable_variables]
+    try:
+        yield model
+    finally:
+        for variable, value in saved:
+            variable.assign(value)
+
+
 @pytest.fixture(scope="module")
-def reactnet18_bn_stage2():
+def _reactnet18_bn_stage2():
     return _perturbed("reactnet18_bn", 2, seed=5)
 
 
 @pytest.fixture(scope="module")
-def reactnet18_nobn_stage2():
+def _reactnet18_nobn_stage2():
     return _perturbed("reactnet18_nobn", 2, seed=6)
+
+
+# Built once per module, handed to each test as it was built.
+@pytest.fixture
+def reactnet18_bn_stage2(_reactnet18_bn_stage2):
+    with _restored(_reactnet18_bn_stage2) as model:
+        yield model
+
+
+@pytest.fixture
+def reactnet18_nobn_stage2(_reactnet18_nobn_stage2):
+    with _restored(_reactnet18_nobn_stage2) as model:
+        yield model
 
 
 def _mixed_gradient(rng, p: np.ndarray) -> np.ndarray:

@@ -7,18 +7,9 @@ import pytest
 
 from larq_nobn import zoo
 from tests.train.program import run_main
+from tests.zoo.optional_torch import torch, torch_models
 
-# Deselected by `-m "not torch"` where PyTorch is not installed (tests/conftest.py fails a
-# selected one there).
-pytestmark = pytest.mark.torch
-try:
-    import torch
-
-    from tests.zoo import torch_models
-except ModuleNotFoundError as error:
-    if error.name != "torch":
-        raise
-    torch = torch_models = None
+pytestmark = pytest.mark.torch  # see tests/zoo/optional_torch.py
 
 MODEL = ["--model=reactnet18_nobn", "--stem=cifar", "--dataset=digits", "--stages=1"]
 MODEL += ["--epochs=1", "--batch_size=32", "--train_subset=64", "--image_size=8"]

@@ -13,19 +13,10 @@ import tensorflow as tf
 import larq_nobn
 from larq_nobn import zoo
 from larq_nobn.zoo import torch_weights
+from tests.zoo.optional_torch import ab_torch_models, torch
 from tests.zoo.sign_ties import sign_inputs, ties
 
-# Deselected by `-m "not torch"` where PyTorch is not installed (tests/conftest.py fails a
-# selected one there).
-pytestmark = pytest.mark.torch
-try:
-    import torch
-
-    from tests.zoo import ab_torch_models
-except ModuleNotFoundError as error:
-    if error.name != "torch":
-        raise
-    torch = ab_torch_models = None
+pytestmark = pytest.mark.torch  # see tests/zoo/optional_torch.py
 
 TOLERANCE = 1e-5  # max |keras - torch| / max |torch| over the batch's logits
 NUM_CLASSES = 10

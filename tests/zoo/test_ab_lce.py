@@ -13,19 +13,10 @@ import tensorflow as tf
 import larq_nobn
 from larq_nobn import export, zoo
 from tests.zoo.images import digits
+from tests.zoo.optional_torch import ab_torch_models
 from tests.zoo.sign_ties import flatbuffer_outputs, sign_inputs, ties
 
-# Deselected by `-m "not torch"` where PyTorch is not installed (tests/conftest.py fails a
-# selected one there).
-pytestmark = pytest.mark.torch
-try:
-    import torch
-
-    from tests.zoo import ab_torch_models
-except ModuleNotFoundError as error:
-    if error.name != "torch":
-        raise
-    torch = ab_torch_models = None
+pytestmark = pytest.mark.torch  # see tests/zoo/optional_torch.py
 
 
 TOLERANCE = 1e-4  # max |tflite - keras| / max |keras| over a batch of logits

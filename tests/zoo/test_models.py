@@ -7,6 +7,7 @@ import tensorflow as tf
 import larq_nobn
 from larq_nobn import zoo
 from larq_nobn.zoo import reactnet18, reactnet_a
+from tests.zoo import torch_models
 
 SMALL = (32, 32, 3)
 
@@ -19,7 +20,9 @@ def layers_of(model: tf.keras.Model, cls) -> list:
     return [layer for layer in model.submodules if isinstance(layer, cls)]
 
 
-# The reference's PyTorch models (VITA-Group/BNN_NoBN), counted with torch.
+# The trainable parameters of the reference's PyTorch models (VITA-Group/BNN_NoBN), as
+# tests/zoo/torch_models.py builds them from its published structure: printed by
+# `python -m tests.zoo.torch_models`, checked by `test_counts_are_the_torch_models`.
 REACTNET18_COUNTS = {
     ("imagenet", 1000): (11_704_424, 11_699_624, 11_694_824),
     ("imagenet", 10): (11_196_554, 11_191_754, 11_186_954),
@@ -27,6 +30,16 @@ REACTNET18_COUNTS = {
     ("cifar", 100): (11_235_044, 11_230_244, 11_225_444),
 }
 REACTNET_A_COUNTS = {"bn": 29_343_592, "nobn": 29_332_648, "none": 29_321_704}
+
+
+@pytest.mark.parametrize("norm_index,norm", list(enumerate(zoo.NORMS)))
+def test_counts_are_the_torch_models(norm_index, norm):
+    for stage in zoo.STAGES:  # the same parameters, binarized or not
+        net = torch_models.ReActNetA(norm, stage, 1000)
+        assert torch_models.parameter_count(net) == REACTNET_A_COUNTS[norm]
+        for (stem, num_classes), counts in REACTNET18_COUNTS.items():
+            net = torch_models.ReActNet18(norm, stage, num_classes, stem=stem)
+            assert torch_models.parameter_count(net) == counts[norm_index]
 
 
 def test_reactnet_a_full_size_counts():

@@ -265,3 +265,16 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
                 module.weight.copy_(normal(module.weight.shape, module.in_features**-0.5))
                 module.bias.copy_(normal(module.bias.shape, 0.1))
     return model.eval()
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+if __name__ == "__main__":
+    # `python -m tests.zoo.torch_models`: the parameter counts of tests/zoo/test_models.py.
+    for norm in ("bn", "nobn", "none"):
+        print(f"reactnet_a_{norm} 1000 classes:", parameter_count(ReActNetA(norm, 2, 1000)))
+        for stem, classes in (("imagenet", 1000), ("imagenet", 10), ("cifar", 10), ("cifar", 100)):
+            net = ReActNet18(norm, 2, classes, stem=stem)
+            print(f"reactnet18_{norm} {stem} stem, {classes} classes:", parameter_count(net))

@@ -9,13 +9,21 @@ import zlib
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import larq_nobn  # noqa: E402,F401  (selects Keras 2 before anything else imports TF)
-from larq_nobn.train.process import reuse_freed_memory  # noqa: E402
+from larq_nobn.train import process  # noqa: E402
 
-reuse_freed_memory()  # as the program does (see larq_nobn.train.process)
+# The program's runs in this process (tests/train/program.run_main) leave malloc as it is.
+# `reuse_freed_memory` keeps a process at its peak memory, which suits one training run per
+# process; a test worker runs hundreds of models of every size, and with it each of two
+# workers grew past 11 GB and the suite thrashed. Runs in subprocesses still apply it.
+process.reuse_freed_memory = lambda: False
 
 # isort: split
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+# Private, for `_release_custom_gradients` alone: TensorFlow has no public way to drop a
+# registered gradient.
+from tensorflow.python.framework import ops as tf_ops  # noqa: E402
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
@@ -87,6 +95,26 @@ def pytest_collection_modifyitems(items):
         return marker.args[0] if marker else 0.0
 
     items.sort(key=seconds, reverse=True)  # stable: the others keep their order
+
+
+@pytest.fixture(autouse=True)
+def _release_custom_gradients():
+    """Drops the gradients a test's graphs registered with `tf.custom_gradient`.
+
+    In a graph (a Keras model's construction, a `tf.function`), each `tf.custom_gradient`
+    call (larq's quantizers, ours) registers its gradient function under a new name in
+    TensorFlow's process-wide gradient registry, for good; its closure holds the graph, and
+    the graph holds every variable it read. So each model a test builds stayed in memory
+    (a ReActNet-18 about 50 MB), and two pytest-xdist workers outgrew 24 GB. A test's own
+    graphs are done when it ends; a module fixture's registrations come before the test's
+    and stay.
+    """
+    registry = tf_ops._gradient_registry._registry
+    before = set(registry)
+    yield
+    for name in set(registry) - before:
+        if name.startswith("CustomGradient-"):
+            del registry[name]
 
 
 @pytest.fixture(autouse=True)

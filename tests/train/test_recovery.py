@@ -46,6 +46,7 @@ from tests.train.program import (
     snapshot,
     start_program,
 )
+from tests.zoo.optional_torch import torch
 
 RUN = ["--model=reactnet18_nobn", "--stem=cifar", "--image_size=8", "--dataset=digits"]
 RUN += ["--stages=1", "--train_subset=64", "--batch_size=16", "--epochs=2"]
@@ -368,9 +369,9 @@ def test_a_finished_stage_with_a_garbled_metrics_json_is_one_line(tmp_path):
     assert (stage / "metrics.json").read_bytes() == b"\x00\xff"
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("what", ["random bytes", "a truncated checkpoint"])
 def test_init_from_a_pth_file_torch_cannot_read_is_one_line(tmp_path, capsys, what):
-    torch = pytest.importorskip("torch")
     path = tmp_path / "weights.pth"
     if what == "random bytes":
         path.write_bytes(bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)))

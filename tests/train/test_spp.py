@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from larq_nobn import zoo
+from larq_nobn import spp_plot, zoo
 from larq_nobn.train import data, spp
 
 SIZE = 8  # not the command's default 32: what is checked does not depend on the size
@@ -54,9 +54,9 @@ def test_command_line_plots_the_variants_and_a_trained_model(tmp_path, capsys, d
     path = str(tmp_path / "model.keras")
     model.save(path)
     figures = []
-    plot = spp.plot_signal_propagation
+    plot = spp_plot.plot_signal_propagation  # the command imports it when it plots
     monkeypatch.setattr(
-        spp, "plot_signal_propagation", lambda *a, **k: figures.append(plot(*a, **k))
+        spp_plot, "plot_signal_propagation", lambda *a, **k: figures.append(plot(*a, **k))
     )
     png = tmp_path / "spp.png"
     argv = ["--backbone=reactnet18", f"--image_size={SIZE}", "--images=16", f"--out={png}"]

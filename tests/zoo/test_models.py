@@ -7,7 +7,7 @@ import tensorflow as tf
 import larq_nobn
 from larq_nobn import zoo
 from larq_nobn.zoo import reactnet18, reactnet_a
-from tests.zoo import torch_models
+from tests.zoo.optional_torch import torch_models
 
 SMALL = (32, 32, 3)
 
@@ -32,6 +32,7 @@ REACTNET18_COUNTS = {
 REACTNET_A_COUNTS = {"bn": 29_343_592, "nobn": 29_332_648, "none": 29_321_704}
 
 
+@pytest.mark.torch  # see tests/zoo/optional_torch.py
 @pytest.mark.parametrize("norm_index,norm", list(enumerate(zoo.NORMS)))
 def test_counts_are_the_torch_models(norm_index, norm):
     for stage in zoo.STAGES:  # the same parameters, binarized or not

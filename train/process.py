@@ -12,8 +12,9 @@
   everything else written to stderr meanwhile, errors included, is written back once the
   block ends. `LARQ_NOBN_TF_LOGS=1` shows TensorFlow's output unfiltered.
 
-The program calls both (`main.train`); so do the tests and the benchmarks, and a user's
-training script may. Nothing here imports TensorFlow.
+The program calls both (`main.train`); so do the benchmarks, and a user's training script
+may. The tests do not keep freed memory: a test worker builds hundreds of models of every
+size. Nothing here imports TensorFlow.
 """
 
 import contextlib

@@ -56,7 +56,7 @@ def epoch(dataset: tf.data.Dataset) -> int:
 
 def measure(name: str, args: argparse.Namespace) -> dict[str, object]:
     """Pipeline and model images/s for one dataset, with the shapes used."""
-    defaults = config.Config()
+    defaults = config.Config().resolved()  # the default command's model, recipe and AGC clip
     batch_size = args.batch_size or config.DATASET_DEFAULTS[name]["batch_size"]
     with contextlib.ExitStack() as stack:
         if name in MOCKED:

@@ -98,6 +98,25 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(autouse=True)
+def _group_on_one_worker(request):
+    """Under `pytest -n` with `--dist loadgroup`, a grouped test's id ends with its group's
+    name: that is how pytest-xdist keeps a group on one worker. Where a pytest release stops
+    reading the id pytest-xdist sets (pytest 9.2 with pytest-xdist 3.8), the groups scatter
+    and each worker recomputes their training runs: the test fails and says so."""
+    node = request.node
+    if (
+        request.config.getoption("loadgroup", default=False)
+        and node.get_closest_marker("xdist_group")
+        and "@" not in node.nodeid
+    ):
+        pytest.fail(
+            f"pytest-xdist's --dist loadgroup did not apply with pytest {pytest.__version__}: "
+            "install the `test` extra's pytest (setup.cfg)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(autouse=True)
 def _release_custom_gradients():
     """Drops the gradients a test's graphs registered with `tf.custom_gradient`.
 

@@ -21,6 +21,12 @@ process.reuse_freed_memory = lambda: False
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+# Every test sees the library as a user who has used one public name: each Keras class
+# registered, so that `tf.keras.models.load_model` in a test does not depend on whether an
+# earlier test in the same worker loaded the library's modules (tests/larq_nobn/
+# test_package.py checks the lazy import itself, in fresh processes).
+larq_nobn.LearnableBias  # noqa: B018
+
 # Private, for `_release_custom_gradients` alone: TensorFlow has no public way to drop a
 # registered gradient.
 from tensorflow.python.framework import ops as tf_ops  # noqa: E402

@@ -21,6 +21,12 @@ process.reuse_freed_memory = lambda: False
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+# Every test sees the library as a user who has used one public name: each Keras class
+# registered, so that `tf.keras.models.load_model` in a test does not depend on whether an
+# earlier test in the same worker loaded the library's modules (tests/larq_nobn/
+# test_package.py checks the lazy import itself, in fresh processes).
+larq_nobn.LearnableBias  # noqa: B018
+
 # Private, for `_release_custom_gradients` alone: TensorFlow has no public way to drop a
 # registered gradient.
 from tensorflow.python.framework import ops as tf_ops  # noqa: E402
@@ -95,6 +101,25 @@ def pytest_collection_modifyitems(items):
         return marker.args[0] if marker else 0.0
 
     items.sort(key=seconds, reverse=True)  # stable: the others keep their order
+
+
+@pytest.fixture(autouse=True)
+def _group_on_one_worker(request):
+    """Under `pytest -n` with `--dist loadgroup`, a grouped test's id ends with its group's
+    name: that is how pytest-xdist keeps a group on one worker. Where a pytest release stops
+    reading the id pytest-xdist sets (pytest 9.2 with pytest-xdist 3.8), the groups scatter
+    and each worker recomputes their training runs: the test fails and says so."""
+    node = request.node
+    if (
+        request.config.getoption("loadgroup", default=False)
+        and node.get_closest_marker("xdist_group")
+        and "@" not in node.nodeid
+    ):
+        pytest.fail(
+            f"pytest-xdist's --dist loadgroup did not apply with pytest {pytest.__version__}: "
+            "install the `test` extra's pytest (setup.cfg)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(autouse=True)

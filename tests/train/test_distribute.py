@@ -573,7 +573,9 @@ def test_two_workers_agree_and_only_the_chief_writes(tmp_path):
     assert stage_files - set(log_files) == {"history.csv", "metrics.json", "model.keras"}
     assert history_epochs(os.path.join(model_dir, "stage1")) == [1, 2]
     assert "Everything is in" in logs[0] and "Everything is in" not in logs[1]
-    assert os.listdir(tmp_path / "worker_tmp1") == []
+    # Autograph imports the modules it generates from the temporary directory, and Python
+    # may write their bytecode beside them: that directory is TensorFlow's, not the run's.
+    assert [name for name in os.listdir(tmp_path / "worker_tmp1") if name != "__pycache__"] == []
 
 
 def _stopped(process) -> bool:

@@ -38,7 +38,7 @@ tf.config.set_logical_device_configuration(
 
 # Module fixtures that cost a training run: their tests share one pytest-xdist worker (an
 # `xdist_group`), which computes the fixture once.
-SHARED_RUNS = ("trained", "one_device_run", "reference_runs")
+SHARED_RUNS = ("trained", "one_device_run", "reference_runs", "two_worker_run")
 
 
 def seed_from(name: str) -> int:

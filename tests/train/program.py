@@ -149,21 +149,26 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def start_cluster(tmp_path, args_per_worker: list[list[str]], tag: str, script=PROGRAM) -> list:
-    """One `script` (by default `train/main.py`) process per worker of a fresh 127.0.0.1
-    cluster, each with its own TF_CONFIG and TMPDIR (where a non-chief's scratch goes);
-    logs `{tag}{index}.log`."""
+def start_cluster(
+    tmp_path, args_per_worker: list[list[str]], tag: str, script: str | list[str] = PROGRAM
+) -> list:
+    """One `script` (by default `train/main.py`; a list: one per worker) process per worker
+    of a fresh 127.0.0.1 cluster, each with its own TF_CONFIG and TMPDIR (where a
+    non-chief's scratch goes); logs `{tag}{index}.log`."""
+    scripts = script if isinstance(script, list) else [script] * len(args_per_worker)
     ports = free_ports(len(args_per_worker))
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers = []
-    for index, args in enumerate(args_per_worker):
+    for index, (args, worker_script) in enumerate(zip(args_per_worker, scripts, strict=True)):
         tmp = tmp_path / f"{tag}_tmp{index}"
         tmp.mkdir()
         tf_config_value = json.dumps(
             {"cluster": cluster, "task": {"type": "worker", "index": index}}
         )
         log = tmp_path / f"{tag}{index}.log"
-        workers.append(start_program(args, log, script, TF_CONFIG=tf_config_value, TMPDIR=str(tmp)))
+        workers.append(
+            start_program(args, log, worker_script, TF_CONFIG=tf_config_value, TMPDIR=str(tmp))
+        )
     return workers
 
 

@@ -26,6 +26,7 @@ from larq_nobn.train.config import Config
 from tests.train import faulty_program
 from tests.train.program import (
     FAULTY_PROGRAM,
+    PROGRAM,
     SUBPROCESS_TIMEOUT,
     digest_line,
     error_line,
@@ -405,14 +406,16 @@ def _run_state(model_dir) -> dict[str, bool]:
     }
 
 
-EPOCH_KILLS = ["stage-1 epoch 2", "stage-2 epoch 2"]
+# Under "exact": one kill inside an epoch, in stage 2 (the killed run went through stage 1
+# and the handoff first), whose resume must keep the recorded setting's arithmetic.
+EXACT_KILLS = ["stage-2 epoch 2"]
 
 
 @pytest.mark.parametrize(
     "setting",
     [
         pytest.param(None, marks=pytest.mark.slow(410)),
-        pytest.param("exact", marks=pytest.mark.slow(200)),
+        pytest.param("exact", marks=pytest.mark.slow(150)),
     ],
     ids=["default", "exact"],
 )
@@ -420,10 +423,10 @@ def test_sigkill_at_every_moment_then_rerun_ends_with_the_uninterrupted_weights(
     """One two-stage run killed with SIGKILL during start-up, during a checkpoint write,
     inside a stage-1 epoch, at the stage handoff and inside a stage-2 epoch, rerun after
     each kill, ends with the weights of an uninterrupted run, bit for bit, and each
-    stage's history holds every epoch once. Under "exact" only the kills inside the two
-    stages' epochs: the setting changes the gradients' arithmetic, not what a run writes or
-    reads at the other moments. The last rerun leaves --acceleration out: it keeps the
-    recorded setting.
+    stage's history holds every epoch once. Under "exact" one kill, inside a stage-2
+    epoch: the setting changes the gradients' arithmetic, not what a run writes or reads
+    at the other moments. The last rerun leaves --acceleration out: it keeps the recorded
+    setting.
 
     Each kill is the program's own, at that exact moment (see faulty_program.KILLS): no
     polling, no race with the run.
@@ -435,7 +438,7 @@ def test_sigkill_at_every_moment_then_rerun_ends_with_the_uninterrupted_weights(
     whole = start_program(whole_args, tmp_path / "whole.log")
     killed = str(tmp_path / "killed")
     states = {}  # where each kill landed: the state of --model_dir it left
-    moments = list(faulty_program.KILLS) if setting is None else EPOCH_KILLS
+    moments = list(faulty_program.KILLS) if setting is None else EXACT_KILLS
     for attempt, moment in enumerate(moments):
         log_path = tmp_path / f"attempt{attempt}.log"
         victim = start_program(
@@ -539,14 +542,30 @@ def test_a_resumed_run_sees_the_data_of_an_uninterrupted_one():
 # ----------------------------------------------------------------------------- 2. workers
 
 
-@pytest.mark.slow(130)
-def test_two_workers_agree_and_only_the_chief_writes(tmp_path):
-    model_dir = str(tmp_path / "run")
-    args = [*TINY, "--epochs=2", "--strategy=multi_worker", f"--model_dir={model_dir}"]
-    workers = start_cluster(tmp_path, [args, args], "worker")
-    logs = finish_cluster(tmp_path, workers, "worker")
-    for worker, log in zip(workers, logs, strict=True):
-        assert worker.returncode == 0, log
+TWO_WORKERS = [*TINY, "--epochs=2", "--strategy=multi_worker"]
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory) -> dict:
+    """An uninterrupted run of two workers: its directory ("tmp", each worker's TMPDIR in
+    `worker_tmp{index}`), its --model_dir, the workers' exit codes and logs."""
+    tmp = tmp_path_factory.mktemp("two_workers")
+    model_dir = str(tmp / "run")
+    args = [*TWO_WORKERS, f"--model_dir={model_dir}"]
+    workers = start_cluster(tmp, [args, args], "worker")
+    logs = finish_cluster(tmp, workers, "worker")
+    return {
+        "tmp": tmp,
+        "model_dir": model_dir,
+        "codes": [worker.returncode for worker in workers],
+        "logs": logs,
+    }
+
+
+def test_two_workers_agree_and_only_the_chief_writes(two_worker_run):
+    model_dir, logs = two_worker_run["model_dir"], two_worker_run["logs"]
+    assert two_worker_run["codes"] == [0, 0], logs
+    for log in logs:
         assert re.search(r"replicas +2\n", log)
 
     # Both end with the same weights: the chief's model.keras is the non-chief's model too.
@@ -575,7 +594,56 @@ def test_two_workers_agree_and_only_the_chief_writes(tmp_path):
     assert "Everything is in" in logs[0] and "Everything is in" not in logs[1]
     # Autograph imports the modules it generates from the temporary directory, and Python
     # may write their bytecode beside them: that directory is TensorFlow's, not the run's.
-    assert [name for name in os.listdir(tmp_path / "worker_tmp1") if name != "__pycache__"] == []
+    scratch = two_worker_run["tmp"] / "worker_tmp1"
+    assert [name for name in os.listdir(scratch) if name != "__pycache__"] == []
+
+
+@pytest.mark.slow(240)
+def test_a_sigterm_to_one_worker_stops_every_worker_after_the_same_step(tmp_path, two_worker_run):
+    """Two workers; the second gets a SIGTERM in step 2 of epoch 2. Both stop after that
+    step, with ckpt-1-2 written (the chief's), each with one line (exit 143); rerun, both
+    resume inside epoch 2 and end with the weights of an uninterrupted two-worker run, bit
+    for bit, and its history (the uninterrupted run is `two_worker_run`)."""
+    model_dir = str(tmp_path / "run")
+    flags = [*TWO_WORKERS, f"--model_dir={model_dir}"]
+    results = {}
+    for tag, fault in (("stopped", "sigterm stage-1 epoch 2 step 2"), ("rerun", None)):
+        second = [fault, *flags] if fault else flags
+        scripts = [PROGRAM, FAULTY_PROGRAM] if fault else PROGRAM
+        workers = start_cluster(tmp_path, [flags, second], tag, scripts)
+        logs = finish_cluster(tmp_path, workers, tag)
+        results[tag] = ([worker.returncode for worker in workers], logs)
+
+    codes, logs = results["stopped"]
+    assert codes == [128 + signal.SIGTERM] * 2, logs
+    checkpoint = os.path.join(model_dir, "stage1", "checkpoints", "ckpt-1-2")
+    where = f"after step 2 of 4 of epoch 2 (checkpoint {checkpoint}); rerun the same command"
+    stops = [[line for line in log.splitlines() if line.startswith("stopped")] for log in logs]
+    assert stops == [
+        [f"stopped by a signal to another worker {where} to resume"],
+        [f"stopped by SIGTERM {where} to resume"],
+    ]
+    assert all("Traceback" not in log for log in logs)
+
+    codes, logs = results["rerun"]
+    assert codes == [0, 0], logs
+    for log in logs:
+        assert f"after epoch 1 and 2 of 4 steps of epoch 2 from {checkpoint}\n" in log, log
+    whole_logs, whole_dir = two_worker_run["logs"], two_worker_run["model_dir"]
+    assert two_worker_run["codes"] == [0, 0], whole_logs
+    digests = {digest_line(log) for log in [*logs, *whole_logs]}
+    assert len(digests) == 1
+    # Each epoch once; epoch 2's train metrics those of the uninterrupted epoch up to the
+    # rounding of the two replicas' partial sums (the resumed sums go to one replica).
+    resumed = read_history(os.path.join(model_dir, "stage1"))
+    uninterrupted = read_history(os.path.join(whole_dir, "stage1"))
+    assert (
+        [row["epoch"] for row in resumed] == [row["epoch"] for row in uninterrupted] == ["1", "2"]
+    )
+    for a, b in zip(resumed, uninterrupted, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6), key
 
 
 def _stopped(process) -> bool:

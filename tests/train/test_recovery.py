@@ -38,13 +38,10 @@ from tests.train.program import (
     REPO,
     SUBPROCESS_TIMEOUT,
     digest_line,
-    finish,
-    free_ports,
     program_env,
     read_history,
     run_main,
     snapshot,
-    start_program,
 )
 from tests.zoo.optional_torch import torch
 
@@ -637,76 +634,6 @@ def test_a_finished_stage_rebuilds_its_history_from_its_metrics(tmp_path, capsys
     assert line.endswith(f"rebuilt epochs 1-2 from {tmp_path / 'metrics.json'}")
     assert outputs.read_history(str(tmp_path / "history.csv")) == rows
     assert (tmp_path / "unreadable" / "history.csv").read_text().endswith("2,oops\n")
-
-
-# ----------------------------------------------------------------------------- workers
-
-
-def start_workers(tmp_path, commands: list[tuple[str, list[str]]], tag: str) -> list:
-    """One process per (script, args) of `commands`, the workers of a fresh 127.0.0.1
-    cluster (as `program.start_cluster`, with a script per worker); logs `{tag}{i}.log`."""
-    ports = free_ports(len(commands))
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    workers = []
-    for index, (script, args) in enumerate(commands):
-        scratch = tmp_path / f"{tag}_tmp{index}"
-        scratch.mkdir()
-        task = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        log = tmp_path / f"{tag}{index}.log"
-        workers.append(start_program(args, log, script, TF_CONFIG=task, TMPDIR=str(scratch)))
-    return workers
-
-
-@pytest.mark.slow(240)
-def test_a_sigterm_to_one_worker_stops_every_worker_after_the_same_step(tmp_path):
-    """Two workers; the second gets a SIGTERM in step 2 of epoch 2. Both stop after that
-    step, with ckpt-1-2 written (the chief's), each with one line (exit 143); rerun, both
-    resume inside epoch 2 and end with the weights of an uninterrupted two-worker run, bit
-    for bit, and its history."""
-    args = [*RUN, "--strategy=multi_worker"]
-    results = {}
-    for tag, fault in (
-        ("whole", None),
-        ("stopped", "sigterm stage-1 epoch 2 step 2"),
-        ("rerun", None),
-    ):
-        model_dir = str(tmp_path / ("whole" if tag == "whole" else "run"))
-        flags = [*args, f"--model_dir={model_dir}"]
-        second = (FAULTY_PROGRAM, [fault, *flags]) if fault else (PROGRAM, flags)
-        workers = start_workers(tmp_path, [(PROGRAM, flags), second], tag)
-        logs = [finish(worker, tmp_path / f"{tag}{i}.log") for i, worker in enumerate(workers)]
-        results[tag] = ([worker.returncode for worker in workers], logs, model_dir)
-
-    codes, logs, model_dir = results["stopped"]
-    assert codes == [128 + signal.SIGTERM] * 2, logs
-    checkpoint = os.path.join(model_dir, "stage1", "checkpoints", "ckpt-1-2")
-    where = f"after step 2 of 4 of epoch 2 (checkpoint {checkpoint}); rerun the same command"
-    stops = [[line for line in log.splitlines() if line.startswith("stopped")] for log in logs]
-    assert stops == [
-        [f"stopped by a signal to another worker {where} to resume"],
-        [f"stopped by SIGTERM {where} to resume"],
-    ]
-    assert all("Traceback" not in log for log in logs)
-
-    codes, logs, _ = results["rerun"]
-    assert codes == [0, 0], logs
-    for log in logs:
-        assert f"after epoch 1 and 2 of 4 steps of epoch 2 from {checkpoint}\n" in log, log
-    whole_codes, whole_logs, whole_dir = results["whole"]
-    assert whole_codes == [0, 0], whole_logs
-    digests = {digest_line(log) for log in [*logs, *whole_logs]}
-    assert len(digests) == 1
-    # Each epoch once; epoch 2's train metrics those of the uninterrupted epoch up to the
-    # rounding of the two replicas' partial sums (the resumed sums go to one replica).
-    resumed = read_history(os.path.join(model_dir, "stage1"))
-    uninterrupted = read_history(os.path.join(whole_dir, "stage1"))
-    assert (
-        [row["epoch"] for row in resumed] == [row["epoch"] for row in uninterrupted] == ["1", "2"]
-    )
-    for a, b in zip(resumed, uninterrupted, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6), key
 
 
 def test_a_checkpoint_of_the_earlier_layout_resumes_with_its_history(tmp_path):

@@ -23,8 +23,8 @@ import tensorflow as tf  # noqa: E402
 
 # Every test sees the library as a user who has used one public name: each Keras class
 # registered, so that `tf.keras.models.load_model` in a test does not depend on whether an
-# earlier test in the same worker loaded the library's modules (tests/larq_nobn/
-# test_package.py checks the lazy import itself, in fresh processes).
+# earlier test in the same worker loaded the library's modules. The lazy import itself is
+# checked in fresh processes (tests/larq_nobn/test_package.py).
 larq_nobn.LearnableBias  # noqa: B018
 
 # Private, for `_release_custom_gradients` alone: TensorFlow has no public way to drop a

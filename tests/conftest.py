@@ -82,25 +82,38 @@ def _fresh_keras_and_seeds(request):
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
-    """The slow tests first, longest first, then the others in their order.
+    """The slow tests first, longest first, then the others in their order; the tests of
+    a shared run one after the other, where their slowest test goes.
 
     With `-n`, setup.cfg's `--dist loadgroup` makes each test a work unit of its own, and
     the tests of one `xdist_group` (here: those of a shared run) one unit, which one worker
     runs. The units are queued largest first (pytest-xdist >= 3.5; a stable sort, so the
     single tests keep this order), each worker takes one or two, and another whenever it
     has two tests or fewer left: a slow test started last cannot leave the other worker
-    idle for long.
+    idle for long. In one process (plain `pytest`), a module fixture is set up again each
+    time its module's tests resume after another module's: the shared run's tests stay
+    together, so that it runs once.
     """
+    groups = {}
     for item in items:
         shared = [name for name in SHARED_RUNS if name in item.fixturenames]
         if shared:
             item.add_marker(pytest.mark.xdist_group(shared[0]))
+            groups[item] = shared[0]
 
     def seconds(item) -> float:
         marker = item.get_closest_marker("slow")
         return marker.args[0] if marker else 0.0
 
-    items.sort(key=seconds, reverse=True)  # stable: the others keep their order
+    slowest = {}
+    for item, group in groups.items():
+        slowest[group] = max(slowest.get(group, 0.0), seconds(item))
+
+    def position(item) -> tuple[float, str]:
+        group = groups.get(item)
+        return (slowest[group], group) if group else (seconds(item), "")
+
+    items.sort(key=position, reverse=True)  # stable: the others keep their order
 
 
 @pytest.fixture(autouse=True)

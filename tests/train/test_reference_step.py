@@ -202,11 +202,12 @@ STEP_CASES = {
     for backbone in ("reactnet18", "reactnet_a")
     for norm in zoo.NORMS
 }
-STEP_CASES |= {("reactnet18_nobn", 1): ("auto",), ("reactnet_a_nobn", 1): ("auto",)}
-STEP_CASES |= {
-    case: EVERY_SETTING
-    for case in (("reactnet_a_nobn", 2), ("reactnet18_nobn", 1), ("reactnet_a_bn", 2))
-}
+STEP_CASES[("reactnet_a_nobn", 1)] = ("auto",)
+STEP_CASES.update(
+    dict.fromkeys(
+        [("reactnet_a_nobn", 2), ("reactnet18_nobn", 1), ("reactnet_a_bn", 2)], EVERY_SETTING
+    )
+)
 
 
 @pytest.mark.slow(25)
